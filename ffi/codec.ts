@@ -26,7 +26,9 @@ export class Codec {
 
   constructor(readonly name: CodecName, readonly level: number = DEFAULT_LEVEL[name]) {
     this.id = CODEC_IDS[name];
-    if (this.id === undefined) throw new RangeError(`unknown codec "${name}"; use one of ${CODECS.join(", ")}`);
+    if (this.id === undefined) {
+      throw new RangeError(`unknown codec "${name}"; use one of ${CODECS.join(", ")}`);
+    }
     this.#handle = check(native().dwcp_codec_new(this.id, level), `creating ${name} codec`);
     registry.register(this, this.#handle, this);
   }
@@ -78,5 +80,7 @@ export class Codec {
 
 /** XXH3-64 of data, written big-endian into out[0..8). */
 export function xxh3Into(data: Uint8Array, out: Uint8Array): void {
+  // The shim writes 8 bytes unconditionally: a shorter buffer would be overrun.
+  if (out.length < 8) throw new RangeError(`xxh3Into needs an 8-byte output buffer, got ${out.length} bytes`);
   native().dwcp_xxh3_64(data, data.length, out);
 }

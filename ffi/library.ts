@@ -37,7 +37,10 @@ export function native(): Shim {
   const abi = lib.symbols.dwcp_abi_version();
   if (abi !== ABI_VERSION) {
     lib.close();
-    throw new ShimError(-1, `${path} has ABI version ${abi}, this build needs ${ABI_VERSION}; rebuild c-shim`);
+    throw new ShimError(
+      -1,
+      `${path} has ABI version ${abi}, this build needs ${ABI_VERSION}; rebuild c-shim`,
+    );
   }
   shim = lib.symbols;
   return shim;

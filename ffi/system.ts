@@ -36,12 +36,20 @@ export type OrtStatus = { available: true; version: string; path: string } | {
   path: string;
 };
 
-/** Loads ONNX Runtime on first use; a missing runtime is reported, not thrown. */
+/** Where ONNX Runtime was loaded from; the shim loads it once per process and keeps that copy. */
+let ortLoadedFrom: string | undefined;
+
+/**
+ * Loads ONNX Runtime on first use; a missing runtime is reported, not thrown. Once loaded, later calls
+ * report the copy in use (its path), whatever path they ask for.
+ */
 export function onnxRuntime(path: string = ortPath()): OrtStatus {
   try {
     const status = native().dwcp_ort_load(new TextEncoder().encode(path + "\0"));
     if (status < 0) readText(() => status, "loading ONNX Runtime");
-    return { available: true, version: readText((o, c) => native().dwcp_ort_version(o, c), "ORT version"), path };
+    ortLoadedFrom ??= path;
+    const version = readText((o, c) => native().dwcp_ort_version(o, c), "ORT version");
+    return { available: true, version, path: ortLoadedFrom };
   } catch (err) {
     if (err instanceof ShimError) return { available: false, reason: err.message, path };
     throw err;

@@ -1,0 +1,98 @@
+/** Starts an agent: the data port (AMST receiver), the transfer service and the HTTP API. */
+import { CODECS } from "../../ffi/codec.ts";
+import { libraryVersions, onnxRuntime, rdmaDevices } from "../../ffi/system.ts";
+import { createApp } from "../api/app.ts";
+import { jsonLogger, type Logger } from "../obs/log.ts";
+import { type PeerIdentity, PROTOCOL_VERSION } from "../transport/handshake.ts";
+import { DataServer } from "../transport/receiver.ts";
+import { type AgentConfig, splitHostPort } from "./config.ts";
+import { Roots } from "./roots.ts";
+import { TransferService } from "./transfers.ts";
+
+export const VERSION = "0.1.0";
+
+export interface RunningAgent {
+  apiAddr: Deno.NetAddr;
+  dataAddr: Deno.NetAddr;
+  transfers: TransferService;
+  shutdown(): Promise<void>;
+}
+
+/** Native capabilities, probed once at start; optional parts report their absence instead of failing. */
+function capabilities() {
+  const devices = rdmaDevices();
+  return {
+    libraries: libraryVersions(),
+    codecs: [...CODECS],
+    rdma: devices.length
+      ? { available: true, devices }
+      : { available: false, devices, reason: "no RDMA device found; data moves over TCP" },
+    onnxRuntime: onnxRuntime(),
+  };
+}
+
+export async function startAgent(
+  config: AgentConfig,
+  log: Logger = jsonLogger("agent"),
+): Promise<RunningAgent> {
+  const roots = new Roots(config.roots);
+  await roots.ensure();
+  const caps = capabilities();
+  const identity: PeerIdentity = {
+    agentId: config.agentId,
+    capabilities: { codecs: caps.codecs, rdma: caps.rdma.available },
+  };
+  const transfers = new TransferService(config, roots, identity);
+
+  const data = splitHostPort(config.data.listen);
+  const listener = Deno.listen({ hostname: data.host, port: data.port, transport: "tcp" });
+  const dataServer = new DataServer(listener, {
+    secret: config.secret,
+    identity,
+    roots,
+    windowChunks: config.transfer.windowChunks,
+    fsync: config.transfer.fsync,
+    onIncoming: (p) => transfers.addIncoming(p),
+    log,
+  });
+  const serving = dataServer.serve();
+
+  const api = splitHostPort(config.api.listen);
+  const app = createApp({
+    transfers,
+    token: config.api.token,
+    info: () => ({
+      version: VERSION,
+      agentId: config.agentId,
+      protocolVersion: PROTOCOL_VERSION,
+      api: config.api.listen,
+      data: `${data.host}:${dataServer.addr.port}`,
+      roots: roots.roots,
+      peers: config.peers,
+      defaults: config.transfer,
+      ...caps,
+    }),
+  });
+  const server = Deno.serve({ hostname: api.host, port: api.port, onListen: () => {} }, app.fetch);
+  log("agent started", {
+    agentId: config.agentId,
+    api: `${api.host}:${server.addr.port}`,
+    data: `${data.host}:${dataServer.addr.port}`,
+    roots: roots.roots,
+    rdma: caps.rdma.available,
+    onnxRuntime: caps.onnxRuntime.available ? caps.onnxRuntime.version : false,
+  });
+
+  return {
+    apiAddr: server.addr,
+    dataAddr: dataServer.addr,
+    transfers,
+    async shutdown() {
+      await transfers.cancelAll();
+      await dataServer.close();
+      await serving;
+      await server.shutdown();
+      log("agent stopped");
+    },
+  };
+}

@@ -1,0 +1,198 @@
+/**
+ * Agent configuration: embedded defaults, then a JSON file, then DWCP_* environment variables, then
+ * command-line flags; validated once, with errors that name the setting, the value and the fix.
+ */
+import { randomBytes } from "node:crypto";
+import { homedir, hostname } from "node:os";
+import { join } from "node:path";
+import { z } from "zod";
+import { CODECS } from "../../ffi/codec.ts";
+import { LIMITS } from "../transport/receiver.ts";
+
+const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, {
+  message: 'expected "HOST:PORT", for example "127.0.0.1:7700"',
+});
+
+const schema = z.object({
+  agentId: z.string().min(1).max(128),
+  stateDir: z.string().min(1),
+  api: z.object({
+    listen: hostPort,
+    token: z.string().min(16, { message: "a token needs at least 16 characters" }).optional(),
+  }),
+  data: z.object({ listen: hostPort }),
+  secret: z.string().min(16, { message: "the shared secret needs at least 16 characters" }),
+  roots: z.array(z.string().min(1)).min(1, { message: "give at least one root directory" }),
+  peers: z.record(z.string().regex(/^[A-Za-z0-9._-]+$/), hostPort),
+  transfer: z.object({
+    streams: z.number().int().min(1).max(LIMITS.maxStreams),
+    chunkBytes: z.number().int().min(LIMITS.minChunkBytes).max(LIMITS.maxChunkBytes),
+    windowChunks: z.number().int().min(1).max(64),
+    codec: z.enum(CODECS),
+    stallTimeoutMs: z.number().int().min(100),
+    maxRetries: z.number().int().min(0).max(100),
+    fsync: z.boolean(),
+  }),
+}).strict();
+
+export type AgentConfig = z.infer<typeof schema>;
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+export function defaultStateDir(env: Record<string, string | undefined>): string {
+  return env.DWCP_STATE_DIR ?? join(env.XDG_STATE_HOME ?? join(homedir(), ".local", "state"), "dwcp");
+}
+
+/** The embedded defaults. Roots (stateDir/files) and the secret (stateDir/secret) follow stateDir. */
+export function defaults(env: Record<string, string | undefined> = Deno.env.toObject()) {
+  const stateDir = defaultStateDir(env);
+  return {
+    agentId: hostname(),
+    stateDir,
+    api: { listen: "127.0.0.1:7700" },
+    data: { listen: "0.0.0.0:7701" },
+    peers: {} as Record<string, string>,
+    transfer: {
+      streams: 4,
+      chunkBytes: 1024 * 1024,
+      windowChunks: 4,
+      codec: "none",
+      stallTimeoutMs: 30_000,
+      maxRetries: 3,
+      fsync: true,
+    },
+  };
+}
+
+/** What flags can set (main.ts parses them); undefined means "not given". */
+export interface ConfigFlags {
+  config?: string;
+  id?: string;
+  api?: string;
+  data?: string;
+  stateDir?: string;
+  root?: string[];
+  peer?: string[];
+  secretFile?: string;
+}
+
+type Obj = Record<string, unknown>;
+
+function merge(base: Obj, over: Obj): Obj {
+  const out: Obj = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    if (v === undefined) continue;
+    const b = out[k];
+    out[k] =
+      v && typeof v === "object" && !Array.isArray(v) && b && typeof b === "object" && !Array.isArray(b)
+        ? merge(b as Obj, v as Obj)
+        : v;
+  }
+  return out;
+}
+
+function parsePeers(list: string[], where: string): Record<string, string> {
+  const peers: Record<string, string> = {};
+  for (const item of list) {
+    const eq = item.indexOf("=");
+    if (eq < 1) {
+      throw new ConfigError(`${where}: "${item}" is not NAME=HOST:PORT, for example b=10.0.0.2:7701`);
+    }
+    peers[item.slice(0, eq)] = item.slice(eq + 1);
+  }
+  return peers;
+}
+
+async function readFileLayer(path: string): Promise<Obj> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message}`);
+  }
+  try {
+    const parsed = JSON.parse(text);
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+      throw new Error("not an object");
+    }
+    return parsed;
+  } catch (err) {
+    throw new ConfigError(`config file ${path} is not a JSON object: ${(err as Error).message}`);
+  }
+}
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host.startsWith("127.") || host === "[::1]";
+}
+
+/** Reads the secret file in stateDir, creating it with a random secret on first start. */
+async function stateSecret(stateDir: string): Promise<string> {
+  const path = join(stateDir, "secret");
+  try {
+    return (await Deno.readTextFile(path)).trim();
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+  await Deno.mkdir(stateDir, { recursive: true });
+  const secret = randomBytes(32).toString("hex");
+  await Deno.writeTextFile(path, secret + "\n", { mode: 0o600, createNew: true }).catch((err) => {
+    if (!(err instanceof Deno.errors.AlreadyExists)) throw err; // another agent won the race: use its secret
+  });
+  return (await Deno.readTextFile(path)).trim();
+}
+
+export async function loadConfig(
+  flags: ConfigFlags = {},
+  env: Record<string, string | undefined> = Deno.env.toObject(),
+): Promise<AgentConfig> {
+  let merged: Obj = defaults(env);
+  const file = flags.config ?? env.DWCP_CONFIG;
+  if (file) merged = merge(merged, await readFileLayer(file));
+  merged = merge(merged, {
+    agentId: env.DWCP_ID,
+    stateDir: env.DWCP_STATE_DIR,
+    api: { listen: env.DWCP_API, token: env.DWCP_TOKEN },
+    data: { listen: env.DWCP_DATA },
+    secret: env.DWCP_SECRET,
+    roots: env.DWCP_ROOTS?.split(":").filter(Boolean),
+    peers: env.DWCP_PEERS ? parsePeers(env.DWCP_PEERS.split(","), "DWCP_PEERS") : undefined,
+  });
+  merged = merge(merged, {
+    agentId: flags.id,
+    stateDir: flags.stateDir,
+    api: { listen: flags.api },
+    data: { listen: flags.data },
+    secret: flags.secretFile ? (await Deno.readTextFile(flags.secretFile)).trim() : undefined,
+    roots: flags.root?.length ? flags.root : undefined,
+    peers: flags.peer?.length ? { ...(merged.peers as Obj), ...parsePeers(flags.peer, "--peer") } : undefined,
+  });
+  merged.roots ??= [join(String(merged.stateDir), "files")];
+  if (merged.secret === undefined) merged.secret = await stateSecret(String(merged.stateDir));
+
+  const result = schema.safeParse(merged);
+  if (!result.success) {
+    const lines = result.error.issues.map((i) => {
+      const at = i.path.join(".") || "(config)";
+      const value = i.path.reduce<unknown>((o, k) => (o as Obj | undefined)?.[k as string], merged);
+      const shown = at === "secret" || at === "api.token" ? "(hidden)" : JSON.stringify(value);
+      return `  ${at} = ${shown}: ${i.message}`;
+    });
+    throw new ConfigError(`invalid agent configuration:\n${lines.join("\n")}`);
+  }
+  const config = result.data;
+  const apiHost = config.api.listen.slice(0, config.api.listen.lastIndexOf(":"));
+  if (!isLoopback(apiHost) && !config.api.token) {
+    throw new ConfigError(
+      `api.listen = "${config.api.listen}" is reachable from other hosts, so a bearer token is required: ` +
+        `set DWCP_TOKEN (16+ characters) or api.token in the config file, or listen on 127.0.0.1`,
+    );
+  }
+  return config;
+}
+
+export function splitHostPort(hostPort: string): { host: string; port: number } {
+  const i = hostPort.lastIndexOf(":");
+  return { host: hostPort.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(hostPort.slice(i + 1)) };
+}

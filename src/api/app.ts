@@ -1,0 +1,50 @@
+/** The agent's HTTP API, built from its dependencies so tests can call it with app.request(). */
+import { Hono } from "hono";
+import { timingSafeEqual } from "node:crypto";
+import type { TransferService } from "../agent/transfers.ts";
+import { ApiError, errorResponse } from "./errors.ts";
+import { transfersRoutes } from "./transfers.ts";
+
+export interface ApiDeps {
+  transfers: TransferService;
+  /** Bearer token required on every route but /v1/health; undefined turns the check off. */
+  token?: string;
+  info(): unknown;
+}
+
+function tokenMatches(header: string | undefined, token: string): boolean {
+  const given = new TextEncoder().encode(header?.replace(/^Bearer /, "") ?? "");
+  const want = new TextEncoder().encode(token);
+  return given.length === want.length && timingSafeEqual(given, want);
+}
+
+export function createApp(deps: ApiDeps): Hono {
+  const app = new Hono();
+  app.onError((err, c) => errorResponse(c, err));
+  app.notFound((c) =>
+    errorResponse(
+      c,
+      new ApiError(404, "not_found", `no route ${c.req.method} ${c.req.path}; see docs/api.md`),
+    )
+  );
+
+  app.get("/v1/health", (c) => c.json({ status: "ok" }));
+
+  if (deps.token) {
+    const token = deps.token;
+    app.use("/v1/*", async (c, next) => {
+      if (!tokenMatches(c.req.header("Authorization"), token)) {
+        throw new ApiError(
+          401,
+          "unauthorized",
+          "missing or wrong bearer token; send Authorization: Bearer <token>",
+        );
+      }
+      await next();
+    });
+  }
+
+  app.get("/v1/info", (c) => c.json(deps.info()));
+  app.route("/v1/transfers", transfersRoutes(deps.transfers));
+  return app;
+}

@@ -1,0 +1,84 @@
+/** /v1/transfers: start, list, show, follow (server-sent events) and cancel file transfers. */
+import { Hono } from "hono";
+import { streamSSE } from "hono/streaming";
+import { z } from "zod";
+import { CODECS } from "../../ffi/codec.ts";
+import type { TransferService } from "../agent/transfers.ts";
+import type { TransferSnapshot } from "../obs/progress.ts";
+import { LIMITS } from "../transport/receiver.ts";
+import { ApiError } from "./errors.ts";
+import { parseBody } from "./validate.ts";
+
+const createTransfer = z.object({
+  source: z.string().min(1, { message: "give the path of the file to send" }),
+  peer: z.string().min(1, { message: "give a configured peer name or HOST:PORT" }),
+  destination: z.string().optional(),
+  streams: z.number().int().min(1, { message: `streams must be 1..${LIMITS.maxStreams}` })
+    .max(LIMITS.maxStreams, { message: `streams must be 1..${LIMITS.maxStreams}` }).optional(),
+  codec: z.enum(CODECS, { message: `codec must be one of ${CODECS.join(", ")}` }).optional(),
+  chunkBytes: z.number().int().min(LIMITS.minChunkBytes).max(LIMITS.maxChunkBytes).optional(),
+  overwrite: z.boolean().optional(),
+}).strict();
+
+export function transfersRoutes(service: TransferService): Hono {
+  const app = new Hono();
+
+  const find = (id: string) => {
+    const p = service.get(id);
+    if (!p) throw new ApiError(404, "not_found", `no transfer with id "${id}"; GET /v1/transfers lists them`);
+    return p;
+  };
+
+  app.post("/", async (c) => {
+    const body = await parseBody(c, createTransfer);
+    const snap = await service.start(body);
+    return c.json(snap, 201, { Location: `/v1/transfers/${snap.id}` });
+  });
+
+  app.get("/", (c) => c.json({ transfers: service.list() }));
+
+  app.get("/:id", (c) => c.json(find(c.req.param("id")).snapshot()));
+
+  app.get("/:id/events", (c) => {
+    const progress = find(c.req.param("id"));
+    return streamSSE(c, async (stream) => {
+      const done = Promise.withResolvers<void>();
+      let last: TransferSnapshot | undefined;
+      const send = (snap: TransferSnapshot) => {
+        last = snap;
+        stream.writeSSE({
+          event: snap.state === "running" ? "progress" : snap.state,
+          data: JSON.stringify(snap),
+        })
+          .catch(() => done.resolve());
+        if (progress.terminal) done.resolve();
+      };
+      const unsubscribe = progress.subscribe(send);
+      stream.onAbort(() => done.resolve());
+      send(progress.snapshot());
+      // Progress notifications stop when a transfer stalls; a heartbeat keeps the figures fresh.
+      const tick = setInterval(() => {
+        if (last && !progress.terminal) send(progress.snapshot());
+      }, 1000);
+      await done.promise;
+      clearInterval(tick);
+      unsubscribe();
+    });
+  });
+
+  app.delete("/:id", async (c) => {
+    const id = c.req.param("id");
+    const progress = find(id);
+    if (!(await service.cancel(id))) {
+      throw new ApiError(
+        409,
+        "not_cancellable",
+        `transfer ${id} is ${progress.state}${progress.info.direction === "receive" ? " (incoming)" : ""}; ` +
+          `only running outgoing transfers can be cancelled here`,
+      );
+    }
+    return c.json(progress.snapshot());
+  });
+
+  return app;
+}

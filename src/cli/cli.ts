@@ -1,0 +1,105 @@
+/** Command dispatch. Each command parses its own flags with node:util parseArgs and has --help. */
+import { parseArgs } from "node:util";
+import { ConfigError, loadConfig } from "../agent/config.ts";
+import { startAgent } from "../agent/agent.ts";
+
+const USAGE = `dwcp: moves VMs and their state between hosts
+
+usage: dwcp <command> [options]
+
+commands:
+  agent              run the agent (HTTP API and data port)
+  send FILE --to PEER[:PATH]   send a file to a peer through the local agent
+  status [ID]        list transfers, or show one
+  info               show the local agent's version and capabilities
+
+Run "dwcp <command> --help" for a command's options.`;
+
+const AGENT_USAGE = `usage: dwcp agent [options]
+
+Runs the agent. Settings come from embedded defaults, then --config FILE (JSON), then DWCP_*
+environment variables, then these flags.
+
+options:
+  --config FILE          JSON config file (env DWCP_CONFIG)
+  --id NAME              agent id shown to peers (env DWCP_ID; default: hostname)
+  --api HOST:PORT        HTTP API address (env DWCP_API; default 127.0.0.1:7700)
+  --data HOST:PORT       data port for peers (env DWCP_DATA; default 0.0.0.0:7701)
+  --state-dir DIR        state directory (env DWCP_STATE_DIR; default ~/.local/state/dwcp)
+  --root DIR             a directory files may be read from and written to; repeatable
+                         (env DWCP_ROOTS, colon-separated; default STATE_DIR/files)
+  --peer NAME=HOST:PORT  a peer's data port; repeatable (env DWCP_PEERS, comma-separated)
+  --secret-file FILE     file holding the secret shared by all agents of a cluster
+                         (env DWCP_SECRET; default: STATE_DIR/secret, created on first start)
+  -h, --help             show this help
+
+The API token (needed when --api is not a loopback address) comes from DWCP_TOKEN or the config file.`;
+
+async function agentCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      config: { type: "string" },
+      id: { type: "string" },
+      api: { type: "string" },
+      data: { type: "string" },
+      "state-dir": { type: "string" },
+      root: { type: "string", multiple: true },
+      peer: { type: "string", multiple: true },
+      "secret-file": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(AGENT_USAGE);
+    return 0;
+  }
+  const config = await loadConfig({
+    config: values.config,
+    id: values.id,
+    api: values.api,
+    data: values.data,
+    stateDir: values["state-dir"],
+    root: values.root,
+    peer: values.peer,
+    secretFile: values["secret-file"],
+  });
+  const agent = await startAgent(config);
+  console.log(
+    `dwcp agent ${config.agentId}: API http://${agent.apiAddr.hostname}:${agent.apiAddr.port}, ` +
+      `data port ${agent.dataAddr.hostname}:${agent.dataAddr.port}, roots ${config.roots.join(", ")}`,
+  );
+  const stopped = Promise.withResolvers<void>();
+  for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => stopped.resolve());
+  await stopped.promise;
+  await agent.shutdown();
+  return 0;
+}
+
+export async function run(args: string[]): Promise<number> {
+  const [command, ...rest] = args;
+  try {
+    switch (command) {
+      case "agent":
+        return await agentCommand(rest);
+      case undefined:
+      case "-h":
+      case "--help":
+      case "help":
+        console.log(USAGE);
+        return command === undefined ? 2 : 0;
+      default:
+        console.error(`dwcp: unknown command "${command}"\n\n${USAGE}`);
+        return 2;
+    }
+  } catch (err) {
+    if (
+      err instanceof ConfigError ||
+      (err as Error).name === "TypeError" && /parseArgs|option/i.test(String(err))
+    ) {
+      console.error(`dwcp ${command}: ${(err as Error).message}`);
+      return 2;
+    }
+    throw err;
+  }
+}

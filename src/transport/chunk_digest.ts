@@ -1,0 +1,37 @@
+/** The per-chunk checksum table both ends keep; its digest proves they agree on every chunk. */
+import { xxh3Into } from "../../ffi/codec.ts";
+
+export class ChunkDigests {
+  readonly #sums: Uint8Array;
+  #count = 0;
+  readonly #seen: Uint8Array;
+
+  constructor(readonly totalChunks: number) {
+    this.#sums = new Uint8Array(totalChunks * 8);
+    this.#seen = new Uint8Array(totalChunks);
+  }
+
+  /** Records chunk seq's 8-byte checksum; repeated records of the same chunk count once. */
+  record(seq: number, checksum: Uint8Array): void {
+    this.#sums.set(checksum, seq * 8);
+    if (this.#seen[seq] === 0) {
+      this.#seen[seq] = 1;
+      this.#count++;
+    }
+  }
+
+  get recorded(): number {
+    return this.#count;
+  }
+
+  get complete(): boolean {
+    return this.#count === this.totalChunks;
+  }
+
+  /** XXH3-64 over the checksums in chunk order, as hex. */
+  digest(): string {
+    const out = new Uint8Array(8);
+    xxh3Into(this.#sums, out);
+    return Array.from(out, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+}

@@ -1,0 +1,387 @@
+/**
+ * AMST sending side: one control connection and N stream connections to the peer's data port. The
+ * stream workers pull chunks from the StripeScheduler under credit, read them from the source file,
+ * checksum and encode them, and write frames; acknowledgements come back on each stream and return
+ * credit. The transfer completes only when the receiver has committed (verified, synced, renamed).
+ */
+import { Codec, type CodecName, xxh3Into } from "../../ffi/codec.ts";
+import type { TransferProgress } from "../obs/progress.ts";
+import { ChunkDigests } from "./chunk_digest.ts";
+import {
+  CHECKSUM_OFFSET,
+  decodeHeader,
+  encodeHeader,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  uuidToBytes,
+} from "./frame.ts";
+import { clientHandshake, type PeerIdentity } from "./handshake.ts";
+import type {
+  AcceptedMessage,
+  AttachedMessage,
+  CancelledMessage,
+  CommitMessage,
+  CommittedMessage,
+  OpenMessage,
+} from "./messages.ts";
+import { SchedulerError, StripeScheduler } from "./scheduler.ts";
+import { Signal } from "./signal.ts";
+import {
+  ConnectionClosed,
+  type ErrorMessage,
+  expectMessage,
+  PeerError,
+  readFull,
+  readFullSync,
+  receiveMessage,
+  sendMessage,
+  writeAll,
+} from "./wire.ts";
+
+export interface PeerAddress {
+  host: string;
+  port: number;
+}
+
+export interface SendOptions {
+  transferId: string;
+  sourcePath: string;
+  sizeBytes: number;
+  peer: PeerAddress;
+  destination: string;
+  overwrite: boolean;
+  streams: number;
+  chunkBytes: number;
+  codec: CodecName;
+  maxRetries: number;
+  /** Fail when no acknowledgement arrives for this long. */
+  stallTimeoutMs: number;
+  secret: string;
+  identity: PeerIdentity;
+}
+
+/** Errors a transfer ends with, each with a stable code for the API. */
+export class TransferError extends Error {
+  override name = "TransferError";
+  constructor(readonly code: string, message: string) {
+    super(message);
+  }
+}
+
+async function dial(peer: PeerAddress, secret: string, identity: PeerIdentity): Promise<Deno.TcpConn> {
+  let conn: Deno.TcpConn;
+  try {
+    conn = await Deno.connect({ hostname: peer.host, port: peer.port });
+  } catch (err) {
+    throw new TransferError(
+      "peer_unreachable",
+      `cannot reach peer at ${peer.host}:${peer.port}: ${(err as Error).message}; is its agent running?`,
+    );
+  }
+  conn.setNoDelay(true);
+  try {
+    await clientHandshake(conn, secret, identity);
+  } catch (err) {
+    conn.close();
+    throw err;
+  }
+  return conn;
+}
+
+function closeQuietly(c: { close(): void }): void {
+  try {
+    c.close();
+  } catch { /* already closed */ }
+}
+
+export class OutgoingTransfer {
+  readonly #opts: SendOptions;
+  readonly #progress: TransferProgress;
+  readonly #control: Deno.TcpConn;
+  readonly #windowChunks: number;
+  readonly #streams: Deno.TcpConn[] = [];
+  readonly #wake = new Signal();
+  #failure?: TransferError;
+  #cancelled = false;
+  #lastAckMs = Date.now();
+  #pendingCommit?: PromiseWithResolvers<CommittedMessage>;
+  #pendingCancel?: PromiseWithResolvers<void>;
+
+  private constructor(
+    opts: SendOptions,
+    progress: TransferProgress,
+    control: Deno.TcpConn,
+    accepted: AcceptedMessage,
+  ) {
+    this.#opts = opts;
+    this.#progress = progress;
+    this.#control = control;
+    this.#windowChunks = accepted.windowChunks;
+  }
+
+  /** Connects, authenticates and asks the peer to accept the file. Throws if the peer refuses. */
+  static async open(opts: SendOptions, progress: TransferProgress): Promise<OutgoingTransfer> {
+    const control = await dial(opts.peer, opts.secret, opts.identity);
+    try {
+      await sendMessage(
+        control,
+        {
+          type: "open",
+          transferId: opts.transferId,
+          destination: opts.destination,
+          sourceName: opts.sourcePath.split("/").pop() ?? "file",
+          sizeBytes: opts.sizeBytes,
+          chunkBytes: opts.chunkBytes,
+          streams: opts.streams,
+          codec: opts.codec,
+          overwrite: opts.overwrite,
+        } satisfies OpenMessage,
+      );
+      const accepted = await expectMessage<AcceptedMessage>(control, "accepted");
+      return new OutgoingTransfer(opts, progress, control, accepted);
+    } catch (err) {
+      closeQuietly(control);
+      throw err;
+    }
+  }
+
+  /** Moves the data and commits. Never throws: the outcome is the progress state and error. */
+  async run(): Promise<void> {
+    const { streams } = this.#opts;
+    const sched = new StripeScheduler({
+      sizeBytes: this.#opts.sizeBytes,
+      chunkBytes: this.#opts.chunkBytes,
+      streams,
+      windowChunks: this.#windowChunks,
+      maxRetries: this.#opts.maxRetries,
+    });
+    const digests = new ChunkDigests(sched.totalChunks);
+    const watchdog = setInterval(() => this.#checkStall(), Math.min(1000, this.#opts.stallTimeoutMs));
+    try {
+      this.#readControl();
+      const conns = await Promise.all(
+        Array.from({ length: streams }, (_, i) => this.#attach(i)),
+      );
+      this.#streams.push(...conns);
+      this.#progress.setState("running");
+      this.#lastAckMs = Date.now();
+      await Promise.all(conns.map((conn, i) => this.#runStream(conn, i, sched, digests)));
+      this.#throwIfStopped();
+      this.#progress.setState("committing");
+      this.#pendingCommit = Promise.withResolvers();
+      this.#pendingCommit.promise.catch(() => {}); // a failure before the await below is reported by #fail
+      await sendMessage(
+        this.#control,
+        {
+          type: "commit",
+          chunks: sched.totalChunks,
+          digest: digests.digest(),
+        } satisfies CommitMessage,
+      );
+      await this.#pendingCommit.promise;
+      this.#progress.setState("completed");
+    } catch (err) {
+      this.#fail(err);
+      if (this.#cancelled) this.#progress.setState("cancelled");
+      else this.#progress.setState("failed", { code: this.#failure!.code, message: this.#failure!.message });
+    } finally {
+      clearInterval(watchdog);
+      this.#streams.forEach(closeQuietly);
+      closeQuietly(this.#control);
+    }
+  }
+
+  /** Asks the receiver to drop the partial file, waits for its word (bounded), and stops the transfer. */
+  async cancel(reason = "cancelled by request"): Promise<void> {
+    if (this.#progress.terminal || this.#cancelled) return;
+    this.#cancelled = true;
+    this.#pendingCancel = Promise.withResolvers();
+    try {
+      await sendMessage(this.#control, { type: "cancel", reason });
+      const timeout = new Promise<void>((r) => setTimeout(r, 5000));
+      await Promise.race([this.#pendingCancel.promise, timeout]);
+    } catch { /* the control connection is gone: the receiver drops the partial file on its own */ }
+    this.#fail(new TransferError("cancelled", reason));
+  }
+
+  #fail(err: unknown): void {
+    if (!this.#failure) {
+      this.#failure = err instanceof TransferError
+        ? err
+        : err instanceof PeerError
+        ? new TransferError(err.code, err.message)
+        : err instanceof SchedulerError
+        ? new TransferError("stream_failure", err.message)
+        : new TransferError("transfer_failed", (err as Error).message ?? String(err));
+      this.#pendingCommit?.reject(this.#failure);
+      // Closing the sockets unblocks every read and write in flight.
+      this.#streams.forEach(closeQuietly);
+      closeQuietly(this.#control);
+    }
+    this.#wake.notify();
+  }
+
+  #throwIfStopped(): void {
+    if (this.#failure) throw this.#failure;
+  }
+
+  #checkStall(): void {
+    // Only data movement is watched: the receiver's commit (fsync of a large file) may take longer.
+    if (this.#progress.state === "running" && Date.now() - this.#lastAckMs > this.#opts.stallTimeoutMs) {
+      this.#fail(
+        new TransferError(
+          "peer_stalled",
+          `no acknowledgement from the peer for ${this.#opts.stallTimeoutMs} ms; the link or the peer is down`,
+        ),
+      );
+    }
+  }
+
+  async #readControl(): Promise<void> {
+    try {
+      while (true) {
+        const msg = await receiveMessage<CommittedMessage | CancelledMessage | ErrorMessage>(this.#control);
+        if (msg.type === "committed") this.#pendingCommit?.resolve(msg);
+        else if (msg.type === "cancelled") this.#pendingCancel?.resolve();
+        else if (msg.type === "error") throw new PeerError(msg.code, msg.message);
+      }
+    } catch (err) {
+      this.#pendingCancel?.resolve();
+      if (this.#progress.terminal || this.#failure) return;
+      this.#fail(
+        err instanceof ConnectionClosed || err instanceof Deno.errors.BadResource
+          ? new TransferError(
+            "peer_closed",
+            "the peer closed the control connection before the transfer committed",
+          )
+          : err,
+      );
+    }
+  }
+
+  async #attach(stream: number): Promise<Deno.TcpConn> {
+    const conn = await dial(this.#opts.peer, this.#opts.secret, this.#opts.identity);
+    try {
+      await sendMessage(conn, { type: "attach", transferId: this.#opts.transferId, stream });
+      await expectMessage<AttachedMessage>(conn, "attached");
+      return conn;
+    } catch (err) {
+      conn.close();
+      throw err;
+    }
+  }
+
+  async #runStream(
+    conn: Deno.TcpConn,
+    stream: number,
+    sched: StripeScheduler,
+    digests: ChunkDigests,
+  ): Promise<void> {
+    const wireLen = new Map<number, number>(); // seq → bytes it took on the wire, for the progress figures
+    const acks = this.#readAcks(conn, stream, sched, wireLen);
+    const stop = () => this.#failure !== undefined || !sched.isAlive(stream);
+    try {
+      await this.#sendChunks(conn, stream, sched, digests, wireLen, stop);
+    } catch (err) {
+      if (!stop()) this.#loseStream(stream, sched, err);
+    }
+    await acks;
+  }
+
+  async #sendChunks(
+    conn: Deno.TcpConn,
+    stream: number,
+    sched: StripeScheduler,
+    digests: ChunkDigests,
+    wireLen: Map<number, number>,
+    stop: () => boolean,
+  ): Promise<void> {
+    const { chunkBytes, codec: codecName } = this.#opts;
+    const transferId = uuidToBytes(this.#opts.transferId);
+    using file = await Deno.open(this.#opts.sourcePath, { read: true });
+    const raw = new Uint8Array(FRAME_HEADER_BYTES + chunkBytes);
+    const codec = codecName === "none" ? undefined : new Codec(codecName);
+    const encoded = codec
+      ? new Uint8Array(FRAME_HEADER_BYTES + Codec.bound(codecName, chunkBytes))
+      : undefined;
+    try {
+      while (!stop() && !sched.done) {
+        const chunk = sched.next(stream);
+        if (!chunk) {
+          await this.#wake.wait();
+          continue;
+        }
+        const body = raw.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + chunk.length);
+        file.seekSync(chunk.offset, Deno.SeekMode.Start);
+        readFullSync(file, body);
+        const checksum = raw.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 8);
+        xxh3Into(body, checksum);
+        digests.record(chunk.seq, checksum);
+        let frame = raw, codecId = 0, encLen = chunk.length;
+        if (codec && encoded) {
+          const n = await codec.compressAsync(body, encoded.subarray(FRAME_HEADER_BYTES));
+          // Incompressible chunks go raw: never more bytes on the wire than the data itself.
+          if (n < chunk.length) {
+            frame = encoded;
+            codecId = codec.id;
+            encLen = n;
+            encoded.set(checksum, CHECKSUM_OFFSET);
+          }
+        }
+        encodeHeader({
+          type: FrameType.Data,
+          codec: codecId,
+          seq: chunk.seq,
+          transferId,
+          offset: chunk.offset,
+          rawLen: chunk.length,
+          encLen,
+          checksum: frame.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 8),
+        }, frame);
+        wireLen.set(chunk.seq, FRAME_HEADER_BYTES + encLen);
+        await writeAll(conn, frame.subarray(0, FRAME_HEADER_BYTES + encLen));
+      }
+    } finally {
+      codec?.close();
+    }
+  }
+
+  async #readAcks(conn: Deno.TcpConn, stream: number, sched: StripeScheduler, wireLen: Map<number, number>) {
+    const head = new Uint8Array(FRAME_HEADER_BYTES);
+    try {
+      while (!sched.done && this.#failure === undefined && sched.isAlive(stream)) {
+        await readFull(conn, head);
+        const h = decodeHeader(head);
+        this.#lastAckMs = Date.now();
+        if (h.type === FrameType.Ack) {
+          const before = sched.ackedChunks;
+          sched.ack(stream, h.seq);
+          if (sched.ackedChunks > before) {
+            this.#progress.chunkDone(stream, sched.chunk(h.seq).length, wireLen.get(h.seq) ?? 0);
+          }
+        } else if (h.type === FrameType.Nack) {
+          this.#progress.retransmits++;
+          sched.nack(stream, h.seq);
+        }
+        wireLen.delete(h.seq);
+        if (sched.done) this.#streams.forEach(closeQuietly); // unblocks the other streams' ack readers
+        this.#wake.notify();
+      }
+    } catch (err) {
+      if (err instanceof SchedulerError) this.#fail(err);
+      else if (this.#failure === undefined && !sched.done) this.#loseStream(stream, sched, err);
+    }
+  }
+
+  #loseStream(stream: number, sched: StripeScheduler, _cause: unknown): void {
+    if (!sched.isAlive(stream)) return;
+    closeQuietly(this.#streams[stream] ?? { close() {} });
+    this.#progress.streamLost(stream);
+    try {
+      sched.streamLost(stream);
+    } catch (err) {
+      this.#fail(err);
+    }
+    this.#wake.notify();
+  }
+}
