@@ -17,6 +17,7 @@ export interface TransferRequest {
   codec?: CodecName;
   chunkBytes?: number;
   overwrite?: boolean;
+  maxBytesPerSec?: number;
 }
 
 export class UnknownPeerError extends Error {
@@ -80,6 +81,7 @@ export class TransferService {
       codec,
       maxRetries: t.maxRetries,
       stallTimeoutMs: t.stallTimeoutMs,
+      maxBytesPerSec: req.maxBytesPerSec,
       secret: this.config.secret,
       identity: this.identity,
     }, progress);

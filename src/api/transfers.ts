@@ -18,6 +18,7 @@ const createTransfer = z.object({
   codec: z.enum(CODECS, { message: `codec must be one of ${CODECS.join(", ")}` }).optional(),
   chunkBytes: z.number().int().min(LIMITS.minChunkBytes).max(LIMITS.maxChunkBytes).optional(),
   overwrite: z.boolean().optional(),
+  maxBytesPerSec: z.number().int().min(1024, { message: "maxBytesPerSec must be at least 1024" }).optional(),
 }).strict();
 
 export function transfersRoutes(service: TransferService): Hono {

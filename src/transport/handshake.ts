@@ -75,7 +75,6 @@ export async function clientHandshake(conn: Duplex, secret: string, me: PeerIden
   await sendMessage(conn, { type: "hello", ...me, nonce: cNonce } satisfies Hello);
   const ch = await expectMessage<Challenge>(conn, "challenge");
   if (!sameProof(ch.proof, proof(secret, "server", cNonce, ch.nonce))) {
-    conn.close();
     throw new PeerError(
       "auth_failed",
       `authentication failed: peer "${ch.agentId}" does not hold this agent's secret; give both agents the same \`secret\``,

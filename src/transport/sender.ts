@@ -24,6 +24,7 @@ import type {
   CommittedMessage,
   OpenMessage,
 } from "./messages.ts";
+import { TokenBucket } from "./pacer.ts";
 import { SchedulerError, StripeScheduler } from "./scheduler.ts";
 import { Signal } from "./signal.ts";
 import {
@@ -56,6 +57,8 @@ export interface SendOptions {
   maxRetries: number;
   /** Fail when no acknowledgement arrives for this long. */
   stallTimeoutMs: number;
+  /** Bandwidth cap over all streams together; undefined sends as fast as the link allows. */
+  maxBytesPerSec?: number;
   secret: string;
   identity: PeerIdentity;
 }
@@ -82,7 +85,7 @@ async function dial(peer: PeerAddress, secret: string, identity: PeerIdentity): 
   try {
     await clientHandshake(conn, secret, identity);
   } catch (err) {
-    conn.close();
+    closeQuietly(conn);
     throw err;
   }
   return conn;
@@ -106,6 +109,7 @@ export class OutgoingTransfer {
   #lastAckMs = Date.now();
   #pendingCommit?: PromiseWithResolvers<CommittedMessage>;
   #pendingCancel?: PromiseWithResolvers<void>;
+  readonly #bucket?: TokenBucket;
 
   private constructor(
     opts: SendOptions,
@@ -117,6 +121,7 @@ export class OutgoingTransfer {
     this.#progress = progress;
     this.#control = control;
     this.#windowChunks = accepted.windowChunks;
+    if (opts.maxBytesPerSec) this.#bucket = new TokenBucket(opts.maxBytesPerSec, opts.chunkBytes, Date.now());
   }
 
   /** Connects, authenticates and asks the peer to accept the file. Throws if the peer refuses. */
@@ -266,7 +271,7 @@ export class OutgoingTransfer {
       await expectMessage<AttachedMessage>(conn, "attached");
       return conn;
     } catch (err) {
-      conn.close();
+      closeQuietly(conn);
       throw err;
     }
   }
@@ -339,6 +344,8 @@ export class OutgoingTransfer {
           checksum: frame.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 8),
         }, frame);
         wireLen.set(chunk.seq, FRAME_HEADER_BYTES + encLen);
+        const delayMs = this.#bucket?.reserve(Date.now(), FRAME_HEADER_BYTES + encLen) ?? 0;
+        if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
         await writeAll(conn, frame.subarray(0, FRAME_HEADER_BYTES + encLen));
       }
     } finally {

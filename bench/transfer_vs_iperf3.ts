@@ -1,0 +1,314 @@
+/**
+ * Side-by-side: dwcp (AMST over N TCP streams, two real agents) against iperf3 on loopback, then a
+ * bounded-memory check (DESIGN.md §4.4): a large sparse file through a fresh pair of agents, whose
+ * peak RSS must stay under 200 MiB.
+ *
+ *   deno run --allow-all bench/transfer_vs_iperf3.ts [--size-mib 1024] [--runs 3] [--streams 1,4,8,16]
+ *     [--rss-size-mib 4096] [--dir DIR] [--out results.json]
+ *
+ * Files live in a fresh directory in /dev/shm (or under --dir), so disk speed does not dominate, and
+ * the agents run with transfer.fsync off, since tmpfs has nothing to sync. Throughput is in MB/s
+ * (10^6 bytes/s); each figure is the median of --runs runs, interleaved per stream count.
+ */
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { startAgent, type TestAgent, waitForTransfer, writeRandomFile } from "../tests/support/agents.ts";
+
+const MiB = 1024 * 1024;
+const RSS_LIMIT_MIB = 200;
+
+const { values: args } = parseArgs({
+  args: Deno.args,
+  options: {
+    "size-mib": { type: "string", default: "1024" },
+    runs: { type: "string", default: "3" },
+    streams: { type: "string", default: "1,4,8,16" },
+    "rss-size-mib": { type: "string", default: "4096" },
+    dir: { type: "string" },
+    out: { type: "string" },
+  },
+  strict: true,
+});
+
+function int(name: string, text: string, min: number): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min) throw new Error(`--${name} ${text}: expected an integer >= ${min}`);
+  return n;
+}
+
+const sizeBytes = int("size-mib", args["size-mib"], 1) * MiB;
+const runs = int("runs", args.runs, 1);
+const streamCounts = args.streams.split(",").map((s) => int("streams", s.trim(), 1));
+const rssSizeBytes = int("rss-size-mib", args["rss-size-mib"], 0) * MiB;
+
+// ---- helpers ----------------------------------------------------------------------------------------
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b), m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const mib = (bytes: number) => bytes / MiB;
+
+/** A port the OS considers free right now (bind to 0, read it, close). */
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Waits until something listens on 127.0.0.1:port, read from /proc/net/tcp so the server is not touched. */
+async function waitListening(port: number, exited: () => boolean): Promise<void> {
+  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const table = await Deno.readTextFile("/proc/net/tcp");
+    if (
+      table.split("\n").some((l) => l.trim().split(/\s+/)[1] === local && l.trim().split(/\s+/)[3] === "0A")
+    ) {
+      return;
+    }
+    if (exited()) throw new Error(`iperf3 server on port ${port} exited before listening`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`iperf3 server did not listen on port ${port} within 10 s`);
+}
+
+const children = new Set<Deno.ChildProcess>();
+const agents: TestAgent[] = [];
+
+/**
+ * One iperf3 test of sizeBytes over P streams; MB/s at the receiver (end.sum_received). With files,
+ * the client reads `files.source` and the server writes `files.dest`.
+ */
+async function iperf3(streams: number, files?: { source: string; dest: string }): Promise<number> {
+  const port = freePort();
+  const server = new Deno.Command("iperf3", {
+    args: ["-s", "-1", "-B", "127.0.0.1", "-p", `${port}`, ...(files ? ["-F", files.dest] : [])],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  children.add(server);
+  let exited = false;
+  const serverOut = server.output().finally(() => exited = true);
+  try {
+    await waitListening(port, () => exited);
+    const client = await new Deno.Command("iperf3", {
+      args: ["-c", "127.0.0.1", "-p", `${port}`, "-P", `${streams}`, "-n", `${sizeBytes}`, "-J"]
+        .concat(files ? ["-F", files.source] : []),
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(600_000),
+    }).output();
+    const text = new TextDecoder().decode(client.stdout);
+    let report: { error?: string; end?: { sum_received?: { bytes: number; seconds: number } } };
+    try {
+      report = JSON.parse(text);
+    } catch {
+      throw new Error(`iperf3 client printed no JSON (exit ${client.code}): ${text.slice(0, 500)}`);
+    }
+    const r = report.end?.sum_received;
+    if (report.error || !r || !(r.seconds > 0)) {
+      throw new Error(`iperf3 -P ${streams} failed: ${report.error ?? "no end.sum_received"}`);
+    }
+    // The server stops counting when the client ends the test, so a few MB still in socket buffers may
+    // go uncounted; bytes / seconds at the receiver is still the rate. Far less means something broke.
+    if (r.bytes < sizeBytes / 2) throw new Error(`iperf3 received only ${r.bytes} of ${sizeBytes} bytes`);
+    return r.bytes / r.seconds / 1e6;
+  } finally {
+    const timer = setTimeout(() => server.kill("SIGKILL"), 10_000);
+    await serverOut.catch(() => {});
+    clearTimeout(timer);
+    children.delete(server);
+    if (files) await Deno.remove(files.dest).catch(() => {});
+  }
+}
+
+interface DwcpResult {
+  mbps: number;
+  elapsedMs: number;
+}
+
+/** One dwcp transfer from a's root to b's root; MB/s = sizeBytes / elapsed of the final snapshot. */
+async function dwcp(
+  a: TestAgent,
+  b: TestAgent,
+  source: string,
+  destination: string,
+  streams?: number,
+): Promise<DwcpResult> {
+  const { status, body } = await a.json("/v1/transfers", {
+    method: "POST",
+    body: JSON.stringify({ source, peer: b.dataAddr, destination, streams, overwrite: true }),
+  });
+  if (status !== 201) throw new Error(`POST /v1/transfers answered ${status}: ${JSON.stringify(body)}`);
+  const snap = await waitForTransfer(a, body.id as string);
+  if (snap.state !== "completed") {
+    throw new Error(`dwcp transfer ${snap.id} ended ${snap.state}: ${JSON.stringify(snap.error)}\n${a.logs}`);
+  }
+  const dest = join(b.root, destination);
+  const got = (await Deno.stat(dest)).size;
+  await Deno.remove(dest);
+  const size = snap.sizeBytes as number, elapsedMs = snap.elapsedMs as number;
+  if (got !== size) throw new Error(`dwcp wrote ${got} bytes to ${dest}, expected ${size}`);
+  return { mbps: size / (elapsedMs / 1000) / 1e6, elapsedMs };
+}
+
+async function startPair(base: string, tag: string): Promise<[TestAgent, TestAgent]> {
+  const pair: TestAgent[] = [];
+  for (const side of ["a", "b"]) {
+    const root = join(base, `${tag}-${side}`);
+    await Deno.mkdir(root, { recursive: true });
+    const agent = await startAgent({ id: `bench-${tag}-${side}`, root, transfer: { fsync: false } });
+    agents.push(agent);
+    pair.push(agent);
+  }
+  return pair as [TestAgent, TestAgent];
+}
+
+let base: string | undefined;
+let cleaned = false;
+async function cleanup(): Promise<void> {
+  if (cleaned) return;
+  cleaned = true;
+  for (const c of children) {
+    try {
+      c.kill("SIGKILL");
+    } catch { /* gone */ }
+  }
+  await Promise.all(agents.map((a) => a.stop()));
+  for (const a of agents) await Deno.remove(a.stateDir, { recursive: true }).catch(() => {});
+  if (base) await Deno.remove(base, { recursive: true }).catch(() => {});
+}
+
+const onSignal = () => void cleanup().finally(() => Deno.exit(130));
+Deno.addSignalListener("SIGINT", onSignal);
+Deno.addSignalListener("SIGTERM", onSignal);
+
+// ---- the run ----------------------------------------------------------------------------------------
+
+const fmt = (n: number, w: number, d = 0) => n.toFixed(d).padStart(w);
+
+interface Row {
+  streams: number;
+  iperf3MemMBps: number[];
+  iperf3FileMBps: number[];
+  dwcpMBps: number[];
+}
+
+try {
+  const parent = args.dir ?? "/dev/shm";
+  await Deno.mkdir(parent, { recursive: true });
+  base = await Deno.makeTempDir({ dir: parent, prefix: "dwcp-bench-" });
+
+  console.log(
+    `dwcp vs iperf3 on loopback: ${mib(sizeBytes)} MiB, ${runs} run(s) per point (median), ` +
+      `streams ${streamCounts.join(",")}, ${navigator.hardwareConcurrency} CPU(s)`,
+  );
+  console.log(
+    `files in ${base}; agents run with transfer.fsync = false (tmpfs has nothing to sync), codec default`,
+  );
+  console.log(
+    "iperf3 file→file: -F on both ends; iperf3 opens the file once per stream, so with -P N each stream " +
+      "reads and writes the first ~SIZE/N bytes over the others (same bytes moved, 1/N of the pages).",
+  );
+
+  const [a, b] = await startPair(base, "main");
+  const source = join(a.root, "source.bin");
+  await writeRandomFile(source, sizeBytes);
+  const iperfDest = join(b.root, "iperf3.bin");
+
+  const rows: Row[] = [];
+  for (const p of streamCounts) {
+    const row: Row = { streams: p, iperf3MemMBps: [], iperf3FileMBps: [], dwcpMBps: [] };
+    rows.push(row);
+    for (let r = 0; r < runs; r++) {
+      row.iperf3MemMBps.push(await iperf3(p));
+      row.iperf3FileMBps.push(await iperf3(p, { source, dest: iperfDest }));
+      row.dwcpMBps.push((await dwcp(a, b, "source.bin", "bench.bin", p)).mbps);
+      console.error(
+        `  P=${p} run ${r + 1}/${runs}: iperf3 mem ${row.iperf3MemMBps.at(-1)!.toFixed(0)}, ` +
+          `file ${row.iperf3FileMBps.at(-1)!.toFixed(0)}, dwcp ${row.dwcpMBps.at(-1)!.toFixed(0)} MB/s`,
+      );
+    }
+  }
+  const peakRss = { sender: await a.peakRssBytes(), receiver: await b.peakRssBytes() };
+  await Promise.all([a.stop(), b.stop()]);
+  await Deno.remove(source);
+
+  console.log();
+  console.log(
+    "   P  iperf3 mem→mem  iperf3 file→file     dwcp  dwcp/iperf3(mem)  dwcp/iperf3(file)",
+  );
+  console.log(
+    "              MB/s              MB/s     MB/s",
+  );
+  const table = rows.map((row) => {
+    const mem = median(row.iperf3MemMBps), file = median(row.iperf3FileMBps), d = median(row.dwcpMBps);
+    console.log(
+      `${fmt(row.streams, 4)}  ${fmt(mem, 14)}  ${fmt(file, 16)}  ${fmt(d, 7)}  ${fmt(d / mem, 16, 2)}  ${
+        fmt(d / file, 17, 2)
+      }`,
+    );
+    return { ...row, median: { iperf3MemMBps: mem, iperf3FileMBps: file, dwcpMBps: d } };
+  });
+  console.log(
+    `peak RSS after these runs (VmHWM): sender ${mib(peakRss.sender).toFixed(0)} MiB, ` +
+      `receiver ${mib(peakRss.receiver).toFixed(0)} MiB`,
+  );
+
+  let rssCheck: Record<string, unknown> | undefined;
+  if (rssSizeBytes > 0) {
+    const [ra, rb] = await startPair(base, "rss");
+    const sparse = join(ra.root, "sparse.bin");
+    await Deno.writeFile(sparse, new Uint8Array());
+    await Deno.truncate(sparse, rssSizeBytes);
+    const res = await dwcp(ra, rb, "sparse.bin", "sparse.bin");
+    const sender = await ra.peakRssBytes(), receiver = await rb.peakRssBytes();
+    await Promise.all([ra.stop(), rb.stop()]);
+    await Deno.remove(sparse);
+    const ok = mib(sender) < RSS_LIMIT_MIB && mib(receiver) < RSS_LIMIT_MIB;
+    if (!ok) Deno.exitCode = 1;
+    rssCheck = {
+      sizeBytes: rssSizeBytes,
+      mbps: res.mbps,
+      senderPeakRssBytes: sender,
+      receiverPeakRssBytes: receiver,
+      limitMiB: RSS_LIMIT_MIB,
+      ok,
+    };
+    console.log();
+    console.log(
+      `RSS check: ${mib(rssSizeBytes)} MiB sparse file, default streams, fresh agents, ` +
+        `${res.mbps.toFixed(0)} MB/s: peak RSS sender ${mib(sender).toFixed(0)} MiB, receiver ` +
+        `${mib(receiver).toFixed(0)} MiB: ${ok ? "under" : "NOT under"} ${RSS_LIMIT_MIB} MiB`,
+    );
+  }
+
+  if (args.out) {
+    await Deno.writeTextFile(
+      args.out,
+      JSON.stringify(
+        {
+          sizeBytes,
+          runs,
+          cpus: navigator.hardwareConcurrency,
+          fsync: false,
+          unit: "MB/s (1e6 bytes/s)",
+          rows: table,
+          peakRssBytes: peakRss,
+          rssCheck,
+        },
+        null,
+        2,
+      ) + "\n",
+    );
+    console.log(`results written to ${args.out}`);
+  }
+} finally {
+  await cleanup();
+  Deno.removeSignalListener("SIGINT", onSignal);
+  Deno.removeSignalListener("SIGTERM", onSignal);
+}
