@@ -169,18 +169,19 @@ async function startPair(base: string, tag: string): Promise<[TestAgent, TestAge
 }
 
 let base: string | undefined;
-let cleaned = false;
-async function cleanup(): Promise<void> {
-  if (cleaned) return;
-  cleaned = true;
-  for (const c of children) {
-    try {
-      c.kill("SIGKILL");
-    } catch { /* gone */ }
-  }
-  await Promise.all(agents.map((a) => a.stop()));
-  for (const a of agents) await Deno.remove(a.stateDir, { recursive: true }).catch(() => {});
-  if (base) await Deno.remove(base, { recursive: true }).catch(() => {});
+let cleaning: Promise<void> | undefined;
+/** Kills iperf3, stops the agents and removes every file this run made; the same promise for every caller. */
+function cleanup(): Promise<void> {
+  return cleaning ??= (async () => {
+    for (const c of children) {
+      try {
+        c.kill("SIGKILL");
+      } catch { /* gone */ }
+    }
+    await Promise.all(agents.map((a) => a.stop()));
+    for (const a of agents) await Deno.remove(a.stateDir, { recursive: true }).catch(() => {});
+    if (base) await Deno.remove(base, { recursive: true }).catch(() => {});
+  })();
 }
 
 const onSignal = () => void cleanup().finally(() => Deno.exit(130));
@@ -307,6 +308,13 @@ try {
     );
     console.log(`results written to ${args.out}`);
   }
+} catch (err) {
+  // An agent that died explains more than the fetch error it causes: show how it ended and its log.
+  for (const a of agents) {
+    const status = await Promise.race([a.exited, new Promise((r) => setTimeout(r, 100, undefined))]);
+    if (status) console.error(`agent ${a.id} exited (${JSON.stringify(status)}); its stderr:\n${a.logs}`);
+  }
+  throw err;
 } finally {
   await cleanup();
   Deno.removeSignalListener("SIGINT", onSignal);

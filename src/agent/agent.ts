@@ -5,7 +5,7 @@ import { createApp } from "../api/app.ts";
 import { jsonLogger, type Logger } from "../obs/log.ts";
 import { type PeerIdentity, PROTOCOL_VERSION } from "../transport/handshake.ts";
 import { DataServer } from "../transport/receiver.ts";
-import { type AgentConfig, splitHostPort } from "./config.ts";
+import { type AgentConfig, ConfigError, splitHostPort } from "./config.ts";
 import { Roots } from "./roots.ts";
 import { TransferService } from "./transfers.ts";
 
@@ -31,6 +31,21 @@ function capabilities() {
   };
 }
 
+/** Turns a failed bind into a message that says which setting to change. */
+function listenOrExplain<T>(what: "api" | "data", flag: string, listen: () => T): T {
+  try {
+    return listen();
+  } catch (err) {
+    if (err instanceof Deno.errors.AddrInUse || err instanceof Deno.errors.AddrNotAvailable) {
+      throw new ConfigError(
+        `cannot listen for the ${what} port: ${(err as Error).message}; is another agent running? ` +
+          `choose another address with ${flag} HOST:PORT`,
+      );
+    }
+    throw err;
+  }
+}
+
 export async function startAgent(
   config: AgentConfig,
   log: Logger = jsonLogger("agent"),
@@ -45,7 +60,11 @@ export async function startAgent(
   const transfers = new TransferService(config, roots, identity);
 
   const data = splitHostPort(config.data.listen);
-  const listener = Deno.listen({ hostname: data.host, port: data.port, transport: "tcp" });
+  const listener = listenOrExplain(
+    "data",
+    "--data",
+    () => Deno.listen({ hostname: data.host, port: data.port }),
+  );
   const dataServer = new DataServer(listener, {
     secret: config.secret,
     identity,
@@ -73,7 +92,11 @@ export async function startAgent(
       ...caps,
     }),
   });
-  const server = Deno.serve({ hostname: api.host, port: api.port, onListen: () => {} }, app.fetch);
+  const server = listenOrExplain(
+    "api",
+    "--api",
+    () => Deno.serve({ hostname: api.host, port: api.port, onListen: () => {} }, app.fetch),
+  );
   log("agent started", {
     agentId: config.agentId,
     api: `${api.host}:${server.addr.port}`,

@@ -9,8 +9,14 @@ import { z } from "zod";
 import { CODECS } from "../../ffi/codec.ts";
 import { LIMITS } from "../transport/receiver.ts";
 
-const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, {
-  message: 'expected "HOST:PORT", for example "127.0.0.1:7700"',
+/** "HOST:PORT" or "[IPv6]:PORT" with a port in 0..65535 (0: let the OS pick, for listen addresses). */
+export function isHostPort(text: string): boolean {
+  const m = /^(?:[^\s:\[\]]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(text);
+  return m !== null && Number(m[1]) <= 65535;
+}
+
+const hostPort = z.string().refine(isHostPort, {
+  message: 'expected "HOST:PORT" with a port of 0..65535, for example "127.0.0.1:7700"',
 });
 
 const schema = z.object({
@@ -105,6 +111,14 @@ function parsePeers(list: string[], where: string): Record<string, string> {
   return peers;
 }
 
+async function readSecretFile(path: string): Promise<string> {
+  try {
+    return (await Deno.readTextFile(path)).trim();
+  } catch (err) {
+    throw new ConfigError(`cannot read the secret file ${path} (--secret-file): ${(err as Error).message}`);
+  }
+}
+
 async function readFileLayer(path: string): Promise<Obj> {
   let text: string;
   try {
@@ -164,7 +178,7 @@ export async function loadConfig(
     stateDir: flags.stateDir,
     api: { listen: flags.api },
     data: { listen: flags.data },
-    secret: flags.secretFile ? (await Deno.readTextFile(flags.secretFile)).trim() : undefined,
+    secret: flags.secretFile ? await readSecretFile(flags.secretFile) : undefined,
     roots: flags.root?.length ? flags.root : undefined,
     peers: flags.peer?.length ? { ...(merged.peers as Obj), ...parsePeers(flags.peer, "--peer") } : undefined,
   });
@@ -174,10 +188,17 @@ export async function loadConfig(
   const result = schema.safeParse(merged);
   if (!result.success) {
     const lines = result.error.issues.map((i) => {
-      const at = i.path.join(".") || "(config)";
+      const at = i.path.join(".");
+      if (i.code === "unrecognized_keys") {
+        return `  ${at ? at + ": " : ""}unknown setting ${
+          i.keys.map((k) => `"${k}"`).join(", ")
+        }; see README.md`;
+      }
       const value = i.path.reduce<unknown>((o, k) => (o as Obj | undefined)?.[k as string], merged);
-      const shown = at === "secret" || at === "api.token" ? "(hidden)" : JSON.stringify(value);
-      return `  ${at} = ${shown}: ${i.message}`;
+      const shown = at === "secret" || at === "api.token" || typeof value === "object"
+        ? "(hidden)"
+        : JSON.stringify(value);
+      return `  ${at || "(config)"} = ${shown}: ${i.message}`;
     });
     throw new ConfigError(`invalid agent configuration:\n${lines.join("\n")}`);
   }

@@ -6,7 +6,10 @@ import { basename, dirname, isAbsolute, resolve, sep } from "node:path";
 
 export class PathError extends Error {
   override name = "PathError";
-  constructor(readonly code: "path_outside_roots" | "not_found" | "not_a_file" | "exists", message: string) {
+  constructor(
+    readonly code: "path_outside_roots" | "not_found" | "not_a_file" | "exists" | "invalid_path",
+    message: string,
+  ) {
     super(message);
   }
 }
@@ -58,18 +61,19 @@ export class Roots {
   /** An existing regular file to read. */
   async source(path: string): Promise<{ path: string; sizeBytes: number }> {
     const abs = this.#lexical(path);
-    let real: string;
     try {
-      real = await this.#real(abs, path);
+      const real = await this.#real(abs, path);
+      const st = await Deno.stat(real);
+      if (!st.isFile) throw new PathError("not_a_file", `source "${path}" is not a regular file`);
+      return { path: real, sizeBytes: st.size };
     } catch (err) {
-      if (err instanceof Deno.errors.NotFound) {
-        throw new PathError("not_found", `source file "${path}" does not exist (looked at ${abs})`);
-      }
-      throw err;
+      if (err instanceof PathError) throw err;
+      // NotFound, NotADirectory (a file used as a directory), name too long...: the file cannot be had.
+      throw new PathError(
+        "not_found",
+        `source file "${path}" cannot be read (looked at ${abs}): ${(err as Error).message}`,
+      );
     }
-    const st = await Deno.stat(real);
-    if (!st.isFile) throw new PathError("not_a_file", `source "${path}" is not a regular file`);
-    return { path: real, sizeBytes: st.size };
   }
 
   /**
@@ -77,6 +81,18 @@ export class Roots {
    * that names an existing directory receives the file under sourceName.
    */
   async destination(path: string, sourceName: string, overwrite: boolean): Promise<string> {
+    try {
+      return await this.#destination(path, sourceName, overwrite);
+    } catch (err) {
+      if (err instanceof PathError) throw err;
+      throw new PathError(
+        "invalid_path",
+        `destination "${path}" cannot be created: ${(err as Error).message}`,
+      );
+    }
+  }
+
+  async #destination(path: string, sourceName: string, overwrite: boolean): Promise<string> {
     let abs = this.#lexical(path === "" ? basename(sourceName) : path);
     const existing = await Deno.stat(abs).catch(() => undefined);
     if (existing?.isDirectory) abs = this.#lexical(resolve(abs, basename(sourceName)));

@@ -3,7 +3,7 @@ import type { CodecName } from "../../ffi/codec.ts";
 import { TransferProgress, type TransferSnapshot } from "../obs/progress.ts";
 import type { PeerIdentity } from "../transport/handshake.ts";
 import { OutgoingTransfer, type PeerAddress } from "../transport/sender.ts";
-import { type AgentConfig, splitHostPort } from "./config.ts";
+import { type AgentConfig, isHostPort, splitHostPort } from "./config.ts";
 import type { Roots } from "./roots.ts";
 
 /** Finished transfers kept for GET after they end; the oldest are dropped first. */
@@ -36,7 +36,7 @@ export class TransferService {
 
   /** A configured peer name, or a literal HOST:PORT. */
   resolvePeer(peer: string): PeerAddress {
-    const address = this.config.peers[peer] ?? (/^[^\s:]+:\d{1,5}$/.test(peer) ? peer : undefined);
+    const address = this.config.peers[peer] ?? (isHostPort(peer) ? peer : undefined);
     if (!address) {
       const known = Object.keys(this.config.peers);
       throw new UnknownPeerError(

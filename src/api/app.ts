@@ -1,9 +1,11 @@
 /** The agent's HTTP API, built from its dependencies so tests can call it with app.request(). */
 import { Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
 import { timingSafeEqual } from "node:crypto";
 import type { TransferService } from "../agent/transfers.ts";
 import { ApiError, errorResponse } from "./errors.ts";
 import { transfersRoutes } from "./transfers.ts";
+import { MAX_BODY_BYTES } from "./validate.ts";
 
 export interface ApiDeps {
   transfers: TransferService;
@@ -29,6 +31,18 @@ export function createApp(deps: ApiDeps): Hono {
   );
 
   app.get("/v1/health", (c) => c.json({ status: "ok" }));
+  // Counts bytes as the body streams in and stops reading at the limit, whatever Content-Length says.
+  app.use(
+    "/v1/*",
+    bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      onError: (c) =>
+        errorResponse(
+          c,
+          new ApiError(413, "body_too_large", `request bodies are limited to ${MAX_BODY_BYTES} bytes`),
+        ),
+    }),
+  );
 
   if (deps.token) {
     const token = deps.token;

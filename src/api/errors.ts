@@ -25,6 +25,7 @@ const STATUS_BY_CODE: Record<string, ContentfulStatusCode> = {
   path_outside_roots: 403,
   not_found: 404,
   not_a_file: 400,
+  invalid_path: 400,
   exists: 409,
   busy: 503,
   auth_failed: 502,

@@ -3,18 +3,11 @@ import type { Context } from "hono";
 import type { z } from "zod";
 import { ApiError } from "./errors.ts";
 
-/** Bodies larger than this are refused before parsing. */
+/** Bodies larger than this are refused (app.ts applies the limit while the body streams in). */
 export const MAX_BODY_BYTES = 64 * 1024;
 
 export async function parseBody<S extends z.ZodType>(c: Context, schema: S): Promise<z.infer<S>> {
   const text = await c.req.text();
-  if (text.length > MAX_BODY_BYTES) {
-    throw new ApiError(
-      413,
-      "body_too_large",
-      `request body of ${text.length} bytes exceeds ${MAX_BODY_BYTES}`,
-    );
-  }
   let json: unknown;
   try {
     json = JSON.parse(text);

@@ -2,6 +2,11 @@
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "../agent/config.ts";
 import { startAgent } from "../agent/agent.ts";
+import { AgentUnreachableError, ApiRequestError } from "./client.ts";
+import { UsageError } from "./common.ts";
+import { infoCommand } from "./info.ts";
+import { sendCommand } from "./send.ts";
+import { statusCommand } from "./status.ts";
 
 const USAGE = `dwcp: moves VMs and their state between hosts
 
@@ -82,6 +87,12 @@ export async function run(args: string[]): Promise<number> {
     switch (command) {
       case "agent":
         return await agentCommand(rest);
+      case "send":
+        return await sendCommand(rest);
+      case "status":
+        return await statusCommand(rest);
+      case "info":
+        return await infoCommand(rest);
       case undefined:
       case "-h":
       case "--help":
@@ -94,11 +105,19 @@ export async function run(args: string[]): Promise<number> {
     }
   } catch (err) {
     if (
-      err instanceof ConfigError ||
-      (err as Error).name === "TypeError" && /parseArgs|option/i.test(String(err))
+      err instanceof UsageError || err instanceof ConfigError ||
+      String((err as { code?: unknown }).code).startsWith("ERR_PARSE_ARGS")
     ) {
-      console.error(`dwcp ${command}: ${(err as Error).message}`);
+      console.error(`dwcp ${command}: ${(err as Error).message}\nRun "dwcp ${command} --help" for usage.`);
       return 2;
+    }
+    if (err instanceof ApiRequestError) {
+      console.error(`error ${err.code}: ${err.message}`);
+      return 1;
+    }
+    if (err instanceof AgentUnreachableError) {
+      console.error(`dwcp ${command}: ${err.message}`);
+      return 1;
     }
     throw err;
   }

@@ -75,6 +75,13 @@ export async function clientHandshake(conn: Duplex, secret: string, me: PeerIden
   await sendMessage(conn, { type: "hello", ...me, nonce: cNonce } satisfies Hello);
   const ch = await expectMessage<Challenge>(conn, "challenge");
   if (!sameProof(ch.proof, proof(secret, "server", cNonce, ch.nonce))) {
+    // Tell the server too, so its operator sees the mismatch in its log.
+    await sendMessage(conn, {
+      type: "error",
+      code: "auth_failed",
+      message: "the peers hold different secrets",
+    })
+      .catch(() => {});
     throw new PeerError(
       "auth_failed",
       `authentication failed: peer "${ch.agentId}" does not hold this agent's secret; give both agents the same \`secret\``,

@@ -4,15 +4,28 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { sha256File, startAgent, type TestAgent, waitForTransfer, writeRandomFile } from "../support/agents.ts";
+import {
+  sha256File,
+  startAgent,
+  type TestAgent,
+  waitForTransfer,
+  writeRandomFile,
+} from "../support/agents.ts";
 import { TcpProxy } from "../support/tcp_proxy.ts";
 
 const MiB = 1024 * 1024;
 const opts = { sanitizeResources: false, sanitizeOps: false };
 
-type Snapshot = Record<string, unknown> & { id: string; state: string; error?: { code: string; message: string } };
+type Snapshot = Record<string, unknown> & {
+  id: string;
+  state: string;
+  error?: { code: string; message: string };
+};
 
-async function send(a: TestAgent, body: Record<string, unknown>): Promise<{ status: number; body: Snapshot }> {
+async function send(
+  a: TestAgent,
+  body: Record<string, unknown>,
+): Promise<{ status: number; body: Snapshot }> {
   return await a.json<Snapshot>("/v1/transfers", { method: "POST", body: JSON.stringify(body) });
 }
 
@@ -41,16 +54,25 @@ Deno.test({ name: "transfers between two agents", ...opts }, async (t) => {
   try {
     await t.step("a 256 MiB random file arrives intact over 4 streams", async () => {
       await writeRandomFile(join(a.root, "random.bin"), 256 * MiB);
-      const snap = await sendAndWait(a, { source: "random.bin", peer: b.dataAddr, destination: "r/random.bin" });
+      const snap = await sendAndWait(a, {
+        source: "random.bin",
+        peer: b.dataAddr,
+        destination: "r/random.bin",
+      });
       assert.equal(snap.state, "completed", JSON.stringify(snap.error));
       assert.equal(snap.bytesDone, 256 * MiB);
       const streams = snap.streams as { bytes: number; frames: number }[];
       assert.equal(streams.length, 4);
       assert.equal(streams.reduce((s, x) => s + x.bytes, 0), 256 * MiB);
       assert.ok(streams.every((s) => s.frames > 0), "every stream carried chunks");
-      assert.equal(await sha256File(join(b.root, "r/random.bin")), await sha256File(join(a.root, "random.bin")));
+      assert.equal(
+        await sha256File(join(b.root, "r/random.bin")),
+        await sha256File(join(a.root, "random.bin")),
+      );
       const incoming = (await b.json<{ transfers: Snapshot[] }>("/v1/transfers")).body.transfers;
-      assert.ok(incoming.some((x) => x.id === snap.id && x.direction === "receive" && x.state === "completed"));
+      assert.ok(
+        incoming.some((x) => x.id === snap.id && x.direction === "receive" && x.state === "completed"),
+      );
       assert.deepEqual(await listDir(join(b.root, "r")), ["random.bin"], "no temporary file is left behind");
     });
 
@@ -61,14 +83,21 @@ Deno.test({ name: "transfers between two agents", ...opts }, async (t) => {
       using f = await Deno.open(src, { write: true });
       await f.seek(700 * MiB + 12345, Deno.SeekMode.Start);
       await f.write(new TextEncoder().encode("data in the middle"));
-      const snap = await sendAndWait(a, { source: src, peer: b.dataAddr, destination: "sparse.img", streams: 8 });
+      const snap = await sendAndWait(a, {
+        source: src,
+        peer: b.dataAddr,
+        destination: "sparse.img",
+        streams: 8,
+      });
       assert.equal(snap.state, "completed", JSON.stringify(snap.error));
       assert.equal(await sha256File(join(b.root, "sparse.img")), await sha256File(src));
     });
 
     for (const codec of ["lz4", "zstd", "snappy"]) {
       await t.step(`codec ${codec}: compressible data shrinks on the wire and arrives intact`, async () => {
-        const text = Array.from({ length: 200_000 }, (_, i) => `line ${i} status=ok host=h${i % 17}\n`).join("");
+        const text = Array.from({ length: 200_000 }, (_, i) => `line ${i} status=ok host=h${i % 17}\n`).join(
+          "",
+        );
         await Deno.writeTextFile(join(a.root, "log.txt"), text);
         const snap = await sendAndWait(a, {
           source: "log.txt",
@@ -123,7 +152,10 @@ Deno.test({ name: "transfers between two agents", ...opts }, async (t) => {
         assert.equal(snap.state, "completed", JSON.stringify(snap.error));
         const streams = snap.streams as { state: string }[];
         assert.equal(streams.filter((s) => s.state === "lost").length, 1);
-        assert.equal(await sha256File(join(b.root, "lost-stream.bin")), await sha256File(join(a.root, "random.bin")));
+        assert.equal(
+          await sha256File(join(b.root, "lost-stream.bin")),
+          await sha256File(join(a.root, "random.bin")),
+        );
       } finally {
         proxy.close();
       }
@@ -140,14 +172,20 @@ Deno.test({ name: "transfers between two agents", ...opts }, async (t) => {
         });
         assert.equal(snap.state, "completed", JSON.stringify(snap.error));
         assert.equal(snap.retransmits, 1);
-        assert.equal(await sha256File(join(b.root, "corrupted.bin")), await sha256File(join(a.root, "random.bin")));
+        assert.equal(
+          await sha256File(join(b.root, "corrupted.bin")),
+          await sha256File(join(a.root, "random.bin")),
+        );
       } finally {
         proxy.close();
       }
     });
 
     await t.step("losing every stream fails the transfer cleanly", async () => {
-      const proxy = TcpProxy.start(b.dataAddr, { 1: { dropAfterBytes: MiB }, 2: { dropAfterBytes: 2 * MiB } });
+      const proxy = TcpProxy.start(b.dataAddr, {
+        1: { dropAfterBytes: MiB },
+        2: { dropAfterBytes: 2 * MiB },
+      });
       try {
         const snap = await sendAndWait(a, {
           source: "random.bin",
@@ -169,7 +207,12 @@ Deno.test({ name: "transfers between two agents", ...opts }, async (t) => {
         [{ source: "/etc/passwd", peer: b.dataAddr }, 403, "path_outside_roots", /\/etc\/passwd/],
         [{ source: "random.bin", peer: "nobody" }, 400, "unknown_peer", /"nobody"/],
         [{ source: "random.bin", peer: b.dataAddr, streams: 0 }, 400, "invalid_request", /streams = 0/],
-        [{ source: "random.bin", peer: b.dataAddr, destination: "../x" }, 403, "path_outside_roots", /\.\.\/x/],
+        [
+          { source: "random.bin", peer: b.dataAddr, destination: "../x" },
+          403,
+          "path_outside_roots",
+          /\.\.\/x/,
+        ],
         [{ source: "random.bin", peer: b.dataAddr, destination: "r/random.bin" }, 409, "exists", /overwrite/],
       ];
       for (const [body, status, code, message] of cases) {
@@ -203,41 +246,47 @@ Deno.test({ name: "an agent with another secret is refused", ...opts }, async ()
   }
 });
 
-Deno.test({ name: "a receiver that dies mid-transfer fails it; the sender keeps running", ...opts }, async () => {
-  const a = await startAgent({ id: "a" });
-  const b = await startAgent({ id: "b" });
-  try {
-    await writeRandomFile(join(a.root, "f.bin"), 32 * MiB);
-    const res = await send(a, { source: "f.bin", peer: b.dataAddr, maxBytesPerSec: 8 * MiB });
-    assert.equal(res.status, 201);
-    await until(a, res.body.id, (s) => (s.bytesDone as number) > 2 * MiB);
-    await b.kill();
-    const snap = await waitForTransfer(a, res.body.id) as Snapshot;
-    assert.equal(snap.state, "failed");
-    assert.ok((snap.bytesDone as number) < 32 * MiB);
-    assert.ok(!(await listDir(b.root)).includes("f.bin"), "no file presented as complete");
-    assert.equal((await a.json("/v1/health")).status, 200, "the sending agent is still up");
-  } finally {
-    await a.stop();
-    await b.stop();
-  }
-});
+Deno.test(
+  { name: "a receiver that dies mid-transfer fails it; the sender keeps running", ...opts },
+  async () => {
+    const a = await startAgent({ id: "a" });
+    const b = await startAgent({ id: "b" });
+    try {
+      await writeRandomFile(join(a.root, "f.bin"), 32 * MiB);
+      const res = await send(a, { source: "f.bin", peer: b.dataAddr, maxBytesPerSec: 8 * MiB });
+      assert.equal(res.status, 201);
+      await until(a, res.body.id, (s) => (s.bytesDone as number) > 2 * MiB);
+      await b.kill();
+      const snap = await waitForTransfer(a, res.body.id) as Snapshot;
+      assert.equal(snap.state, "failed");
+      assert.ok((snap.bytesDone as number) < 32 * MiB);
+      assert.ok(!(await listDir(b.root)).includes("f.bin"), "no file presented as complete");
+      assert.equal((await a.json("/v1/health")).status, 200, "the sending agent is still up");
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  },
+);
 
-Deno.test({ name: "a sender that dies mid-transfer: the receiver drops the partial file", ...opts }, async () => {
-  const a = await startAgent({ id: "a" });
-  const b = await startAgent({ id: "b" });
-  try {
-    await writeRandomFile(join(a.root, "f.bin"), 32 * MiB);
-    const res = await send(a, { source: "f.bin", peer: b.dataAddr, maxBytesPerSec: 8 * MiB });
-    assert.equal(res.status, 201);
-    await until(b, res.body.id, (s) => (s.bytesDone as number) > 2 * MiB);
-    await a.kill();
-    const incoming = await waitForTransfer(b, res.body.id) as Snapshot;
-    assert.equal(incoming.state, "failed");
-    assert.equal(incoming.error?.code, "peer_closed");
-    assert.deepEqual(await listDir(b.root), []);
-  } finally {
-    await a.stop();
-    await b.stop();
-  }
-});
+Deno.test(
+  { name: "a sender that dies mid-transfer: the receiver drops the partial file", ...opts },
+  async () => {
+    const a = await startAgent({ id: "a" });
+    const b = await startAgent({ id: "b" });
+    try {
+      await writeRandomFile(join(a.root, "f.bin"), 32 * MiB);
+      const res = await send(a, { source: "f.bin", peer: b.dataAddr, maxBytesPerSec: 8 * MiB });
+      assert.equal(res.status, 201);
+      await until(b, res.body.id, (s) => (s.bytesDone as number) > 2 * MiB);
+      await a.kill();
+      const incoming = await waitForTransfer(b, res.body.id) as Snapshot;
+      assert.equal(incoming.state, "failed");
+      assert.equal(incoming.error?.code, "peer_closed");
+      assert.deepEqual(await listDir(b.root), []);
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  },
+);

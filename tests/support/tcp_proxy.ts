@@ -15,7 +15,11 @@ export class TcpProxy {
   readonly #conns = new Set<Deno.TcpConn>();
   accepted = 0;
 
-  private constructor(listener: Deno.TcpListener, target: { hostname: string; port: number }, faults: Map<number, Fault>) {
+  private constructor(
+    listener: Deno.TcpListener,
+    target: { hostname: string; port: number },
+    faults: Map<number, Fault>,
+  ) {
     this.#listener = listener;
     this.#serve(target, faults);
   }
@@ -47,7 +51,12 @@ export class TcpProxy {
     } catch { /* listener closed */ }
   }
 
-  async #pump(from: Deno.TcpConn, to: Deno.TcpConn, fault: Fault | undefined, cut: () => void): Promise<void> {
+  async #pump(
+    from: Deno.TcpConn,
+    to: Deno.TcpConn,
+    fault: Fault | undefined,
+    cut: () => void,
+  ): Promise<void> {
     const buf = new Uint8Array(64 * 1024);
     let passed = 0;
     try {

@@ -1,0 +1,157 @@
+/** A small typed client of the agent's HTTP API; failures become ApiRequestError or AgentUnreachableError. */
+import type { TransferRequest } from "../agent/transfers.ts";
+import type { TransferSnapshot } from "../obs/progress.ts";
+import type { OrtStatus, RdmaDevice } from "../../ffi/system.ts";
+
+export type { TransferRequest, TransferSnapshot };
+
+/** What GET /v1/info answers (src/agent/agent.ts). */
+export interface AgentInfo {
+  version: string;
+  agentId: string;
+  protocolVersion: number;
+  api: string;
+  data: string;
+  roots: string[];
+  peers: Record<string, string>;
+  defaults: { streams: number; chunkBytes: number; codec: string };
+  libraries: Record<string, string>;
+  codecs: string[];
+  rdma: { available: boolean; devices: RdmaDevice[]; reason?: string };
+  onnxRuntime: OrtStatus;
+}
+
+/** The agent answered with {"error":{code,message,details}} (or a non-JSON failure). */
+export class ApiRequestError extends Error {
+  override name = "ApiRequestError";
+  constructor(readonly status: number, readonly code: string, message: string, readonly details?: unknown) {
+    super(message);
+  }
+}
+
+/** No HTTP answer at all: the agent is not running there, or the address is wrong. */
+export class AgentUnreachableError extends Error {
+  override name = "AgentUnreachableError";
+  constructor(readonly url: string, reason: string) {
+    super(`cannot reach the dwcp agent at ${url}: ${reason}; start it with \`dwcp agent\``);
+  }
+}
+
+/** Longest server-sent event accepted; the stream is refused past it, so memory stays bounded. */
+const MAX_EVENT_CHARS = 1 << 20;
+
+/** Parses a text/event-stream body into its events (fields event and data; comments and ids ignored). */
+export async function* readServerSentEvents(
+  body: ReadableStream<Uint8Array>,
+): AsyncGenerator<{ event: string; data: string }> {
+  let buffer = "";
+  let event = "message";
+  let data: string[] = [];
+  for await (const text of body.pipeThrough(new TextDecoderStream())) {
+    buffer += text;
+    for (let nl = buffer.indexOf("\n"); nl >= 0; nl = buffer.indexOf("\n")) {
+      const line = buffer.slice(0, nl).replace(/\r$/, "");
+      buffer = buffer.slice(nl + 1);
+      if (line === "") {
+        if (data.length) yield { event, data: data.join("\n") };
+        event = "message";
+        data = [];
+        continue;
+      }
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "event") event = value;
+      else if (field === "data") data.push(value);
+    }
+    if (buffer.length + data.reduce((n, d) => n + d.length, 0) > MAX_EVENT_CHARS) {
+      throw new Error(`an event from the agent exceeds ${MAX_EVENT_CHARS} characters`);
+    }
+  }
+}
+
+/** The useful end of a fetch failure, e.g. "tcp connect error: Connection refused (os error 111)". */
+function fetchFailure(err: unknown): string {
+  const e = err as Error & { cause?: Error };
+  const text = e.cause?.message ?? e.message ?? String(err);
+  const at = text.lastIndexOf("): ");
+  return at >= 0 ? text.slice(at + 3) : text;
+}
+
+async function errorFrom(res: Response): Promise<ApiRequestError> {
+  const text = await res.text();
+  try {
+    const { error } = JSON.parse(text);
+    if (typeof error?.code === "string") {
+      const hint = res.status === 401 ? "; pass --token or set DWCP_TOKEN" : "";
+      return new ApiRequestError(res.status, error.code, `${error.message}${hint}`, error.details);
+    }
+  } catch { /* not the agent's error shape */ }
+  return new ApiRequestError(res.status, `http_${res.status}`, text.slice(0, 200) || res.statusText);
+}
+
+export class ApiClient {
+  readonly baseUrl: string;
+
+  constructor(baseUrl: string, readonly token?: string) {
+    this.baseUrl = baseUrl.replace(/\/+$/, "");
+  }
+
+  async #request(path: string, init: RequestInit = {}): Promise<Response> {
+    const headers = new Headers(init.headers);
+    if (this.token) headers.set("Authorization", `Bearer ${this.token}`);
+    let res: Response;
+    try {
+      res = await fetch(`${this.baseUrl}${path}`, { ...init, headers });
+    } catch (err) {
+      if (init.signal?.aborted) throw err;
+      throw new AgentUnreachableError(this.baseUrl, fetchFailure(err));
+    }
+    if (!res.ok) throw await errorFrom(res);
+    return res;
+  }
+
+  async #json<T>(path: string, init?: RequestInit): Promise<T> {
+    return await (await this.#request(path, init)).json() as T;
+  }
+
+  info(): Promise<AgentInfo> {
+    return this.#json("/v1/info");
+  }
+
+  async listTransfers(): Promise<TransferSnapshot[]> {
+    return (await this.#json<{ transfers: TransferSnapshot[] }>("/v1/transfers")).transfers;
+  }
+
+  getTransfer(id: string): Promise<TransferSnapshot> {
+    return this.#json(`/v1/transfers/${encodeURIComponent(id)}`);
+  }
+
+  startTransfer(req: TransferRequest): Promise<TransferSnapshot> {
+    return this.#json("/v1/transfers", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(req),
+    });
+  }
+
+  cancelTransfer(id: string): Promise<TransferSnapshot> {
+    return this.#json(`/v1/transfers/${encodeURIComponent(id)}`, { method: "DELETE" });
+  }
+
+  /**
+   * Snapshots from the transfer's event stream until the agent ends it (after a terminal state). A broken
+   * stream just ends; an aborted signal throws.
+   */
+  async *follow(id: string, signal?: AbortSignal): AsyncGenerator<TransferSnapshot> {
+    const res = await this.#request(`/v1/transfers/${encodeURIComponent(id)}/events`, {
+      signal,
+      headers: { accept: "text/event-stream" },
+    });
+    try {
+      for await (const { data } of readServerSentEvents(res.body!)) yield JSON.parse(data);
+    } catch (err) {
+      if (signal?.aborted) throw err;
+    }
+  }
+}
