@@ -50,7 +50,8 @@ int32_t dwcp_xxh3_64(const uint8_t *data, uint32_t len, uint8_t *out8) {
 
 int32_t dwcp_lib_versions(uint8_t *out, uint32_t cap) {
   char text[256];
-  snprintf(text, sizeof text, "{\"zstd\":\"%s\",\"lz4\":\"%s\",\"xxhash\":\"%u\"}", ZSTD_versionString(),
-           LZ4_versionString(), XXH_versionNumber());
+  unsigned xxh = XXH_versionNumber(); /* major*10000 + minor*100 + patch */
+  snprintf(text, sizeof text, "{\"zstd\":\"%s\",\"lz4\":\"%s\",\"xxhash\":\"%u.%u.%u\"}", ZSTD_versionString(),
+           LZ4_versionString(), xxh / 10000, xxh / 100 % 100, xxh % 100);
   return copy_out(text, out, cap);
 }

@@ -84,7 +84,7 @@ export async function startAgent(
       version: VERSION,
       agentId: config.agentId,
       protocolVersion: PROTOCOL_VERSION,
-      api: config.api.listen,
+      api: `${api.host}:${server.addr.port}`,
       data: `${data.host}:${dataServer.addr.port}`,
       roots: roots.roots,
       peers: config.peers,

@@ -1,4 +1,5 @@
 /** Plain-text formatting shared by the client commands: sizes, rates, durations, tables. */
+import { basename } from "node:path";
 import type { TransferSnapshot } from "./client.ts";
 
 const MiB = 1024 * 1024;
@@ -41,4 +42,9 @@ export function table(rows: string[][]): string {
   const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
   return rows.map((r) => r.map((cell, c) => c < r.length - 1 ? cell.padEnd(widths[c]) : cell).join("  "))
     .join("\n");
+}
+
+/** The destination path; an empty one means the source's name in the receiver's first root. */
+export function destinationPath(s: TransferSnapshot): string {
+  return s.destination || basename(s.source);
 }

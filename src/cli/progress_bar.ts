@@ -1,28 +1,32 @@
 /** Transfer progress and summaries: pure line builders, and a reporter that redraws or throttles. */
-import { basename } from "node:path";
 import type { TransferSnapshot } from "./client.ts";
-import { formatBytes, formatDuration, formatEta, formatRate } from "./format.ts";
+import { destinationPath, formatBytes, formatDuration, formatEta, formatRate } from "./format.ts";
 
-/** One status line: state, bar, percent, bytes, rate, ETA and open streams. */
-export function progressLine(s: TransferSnapshot, barWidth = 20): string {
-  const filled = Math.min(barWidth, Math.floor((s.percent / 100) * barWidth));
-  const bar = "#".repeat(filled) + "-".repeat(barWidth - filled);
+/**
+ * One status line: the state (unless running), bar, percent, bytes, rate, ETA (while running) and open
+ * streams. Numbers are padded so the line keeps its length; the bar (10..30 wide) takes what is left of
+ * `columns`.
+ */
+export function progressLine(s: TransferSnapshot, columns = 80): string {
   const open = s.streams.filter((x) => x.state === "open").length;
   const streams = open === s.streams.length ? `${open}` : `${open}/${s.streams.length}`;
-  return [
-    s.state.padEnd(10),
-    `[${bar}]`,
-    `${s.percent.toFixed(1).padStart(5)}%`,
-    `${formatBytes(s.bytesDone)} / ${formatBytes(s.sizeBytes)}`,
-    formatRate(s.bytesPerSec),
-    `ETA ${formatEta(s)}`,
-    `${streams} stream${s.streams.length === 1 ? "" : "s"}`,
-  ].join("  ");
+  const line = (bar: string) =>
+    [
+      ...(s.state === "running" ? [] : [s.state]),
+      `${bar} ${s.percent.toFixed(1).padStart(5)}%`,
+      `${formatBytes(s.bytesDone).padStart(9)} / ${formatBytes(s.sizeBytes)}`,
+      formatRate(s.bytesPerSec).padStart(10),
+      ...(s.state === "running" ? [`ETA ${formatEta(s)}`] : []),
+      `${streams} stream${s.streams.length === 1 ? "" : "s"}`,
+    ].join("  ");
+  const width = Math.max(10, Math.min(30, columns - 1 - line("[]").length));
+  const filled = Math.min(width, Math.floor((s.percent / 100) * width));
+  return line(`[${"#".repeat(filled)}${"-".repeat(width - filled)}]`);
 }
 
-/** Where the file lands, as the sender knows it; an empty destination is the source's name in the peer's first root. */
+/** Where the file lands, as the sender knows it. */
 export function destinationOf(s: TransferSnapshot): string {
-  return `${s.peer}:${s.destination || basename(s.source)}`;
+  return `${s.peer}:${destinationPath(s)}`;
 }
 
 /** The closing report of a transfer (several lines). */
@@ -68,7 +72,8 @@ export class ProgressReporter {
 
   update(s: TransferSnapshot): void {
     if (this.opts.tty) {
-      this.write(`\r${progressLine(s).slice(0, (this.opts.columns ?? 120) - 1)}\x1b[K`);
+      const columns = this.opts.columns ?? 80;
+      this.write(`\r${progressLine(s, columns).slice(0, columns - 1)}\x1b[K`);
       this.#drawn = true;
       return;
     }

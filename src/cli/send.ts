@@ -92,10 +92,7 @@ export async function sendCommand(args: string[]): Promise<number> {
 
   // Ctrl-C from here on cancels the transfer; a second one exits at once.
   const interrupt = new AbortController();
-  const onSigint = () => {
-    console.error("DBG sigint", interrupt.signal.aborted);
-    return interrupt.signal.aborted ? Deno.exit(130) : interrupt.abort();
-  };
+  const onSigint = () => interrupt.signal.aborted ? Deno.exit(130) : interrupt.abort();
   Deno.addSignalListener("SIGINT", onSigint);
   try {
     const started = await client.startTransfer({
@@ -113,7 +110,7 @@ export async function sendCommand(args: string[]): Promise<number> {
     const tty = Deno.stderr.isTerminal();
     const reporter = new ProgressReporter((text) => Deno.stderr.writeSync(new TextEncoder().encode(text)), {
       tty,
-      columns: tty ? Deno.consoleSize().columns : undefined,
+      columns: tty ? Deno.consoleSize().columns || undefined : undefined, // 0 when the terminal has no size
     });
     let final: TransferSnapshot | undefined;
     try {

@@ -2,7 +2,7 @@
 import { parseArgs } from "node:util";
 import { type ApiClient, ApiRequestError, type TransferSnapshot } from "./client.ts";
 import { apiClient, CLIENT_OPTIONS, CLIENT_OPTIONS_HELP, UsageError } from "./common.ts";
-import { formatBytes, formatDuration, formatEta, formatRate, table } from "./format.ts";
+import { destinationPath, formatBytes, formatDuration, formatEta, formatRate, table } from "./format.ts";
 
 export const STATUS_USAGE = `usage: dwcp status [ID] [options]
 
@@ -22,7 +22,7 @@ export function transfersTable(transfers: TransferSnapshot[]): string {
       `${t.percent.toFixed(1)}%`,
       formatRate(t.state === "running" ? t.bytesPerSec : t.averageBytesPerSec),
       t.peer,
-      `${t.source} → ${t.destination || "(default)"}`,
+      `${t.source} → ${destinationPath(t)}`,
     ]),
   ]);
 }
@@ -34,7 +34,7 @@ export function transferDetails(t: TransferSnapshot): string {
     ["state", t.state],
     ["peer", t.peer],
     ["source", t.source],
-    ["destination", t.destination || "(the source's name in the peer's first root)"],
+    ["destination", destinationPath(t)],
     ["progress", `${t.percent.toFixed(1)}%, ${formatBytes(t.bytesDone)} of ${formatBytes(t.sizeBytes)}`],
     [
       "rate",

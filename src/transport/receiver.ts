@@ -248,14 +248,20 @@ export class DataServer {
     return this.listener.addr as Deno.NetAddr;
   }
 
+  /** Accepts until close(); a failed accept (a peer that reset early, no free descriptors) is logged. */
   async serve(): Promise<void> {
-    try {
-      for await (const conn of this.listener) {
-        this.#conns.add(conn);
-        this.#handle(conn).finally(() => this.#conns.delete(conn));
+    while (true) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await this.listener.accept();
+      } catch (err) {
+        if (err instanceof Deno.errors.BadResource || err instanceof Deno.errors.Interrupted) return;
+        this.opts.log("accept failed", { error: (err as Error).message });
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
       }
-    } catch (err) {
-      if (!(err instanceof Deno.errors.BadResource)) throw err;
+      this.#conns.add(conn);
+      this.#handle(conn).finally(() => this.#conns.delete(conn));
     }
   }
 

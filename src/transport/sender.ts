@@ -143,6 +143,7 @@ export class OutgoingTransfer {
         } satisfies OpenMessage,
       );
       const accepted = await expectMessage<AcceptedMessage>(control, "accepted");
+      progress.info.destination = accepted.path;
       return new OutgoingTransfer(opts, progress, control, accepted);
     } catch (err) {
       closeQuietly(control);
@@ -381,7 +382,8 @@ export class OutgoingTransfer {
   }
 
   #loseStream(stream: number, sched: StripeScheduler, _cause: unknown): void {
-    if (!sched.isAlive(stream)) return;
+    // During a cancel the receiver closes every stream: that is the end, not a loss to recover from.
+    if (!sched.isAlive(stream) || this.#cancelled) return;
     closeQuietly(this.#streams[stream] ?? { close() {} });
     this.#progress.streamLost(stream);
     try {

@@ -62,15 +62,18 @@ Deno.test("formatEta: time left at the current rate, unknown without a rate", ()
   assert.equal(formatEta(snap({ bytesPerSec: 0 })), "--:--");
 });
 
-Deno.test("progressLine shows state, bar, percent, bytes, rate, ETA and streams", () => {
-  const line = progressLine(snap(), 20);
+Deno.test("progressLine: bar, percent, bytes, rate, ETA, streams; the state when not running", () => {
   assert.equal(
-    line,
-    "running     [#####---------------]   25.0%  8.0 MiB / 32.0 MiB  4.0 MB/s  ETA 0:07  2 streams",
+    progressLine(snap(), 80),
+    "[###------------]  25.0%    8.0 MiB / 32.0 MiB    4.0 MB/s  ETA 0:07  2 streams",
   );
+  assert.equal(progressLine(snap(), 80).length, 79);
+  const committing = progressLine(snap({ state: "committing", percent: 100 }), 200);
+  assert.match(committing, /^committing {2}\[#{30}\] 100\.0%/);
+  assert.ok(!committing.includes("ETA"), committing);
   const lost = snap({ streams: [snap().streams[0], { ...snap().streams[1], state: "lost" }] });
   assert.match(progressLine(lost), /1\/2 streams$/);
-  assert.match(progressLine(snap({ percent: 100 }), 10), /\[##########\]/);
+  assert.match(progressLine(snap({ percent: 0 }), 20), /^\[-{10}\]/); // the bar keeps its least width
 });
 
 Deno.test("summary of a completed transfer: state, bytes, time, average rate, ratio, destination, streams", () => {

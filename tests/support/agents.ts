@@ -31,6 +31,8 @@ export class TestAgent {
     readonly root: string,
     readonly stateDir: string,
     stderr: ReadableStream<Uint8Array>,
+    /** Directories the harness made for this agent, removed when it stops. */
+    readonly ownedDirs: string[],
   ) {
     this.exited = child.status;
     // Drain stderr so the agent never blocks on a full pipe; keep a bounded tail for failure messages.
@@ -69,18 +71,20 @@ export class TestAgent {
     return kb * 1024;
   }
 
-  /** SIGTERM and wait; the agent cancels its transfers and exits. */
+  /** SIGTERM and wait (the agent cancels its transfers and exits), then remove its directories. */
   async stop(): Promise<void> {
-    try {
-      this.child.kill("SIGTERM");
-    } catch { /* already gone */ }
-    await this.exited;
+    await this.#signal("SIGTERM");
+    for (const dir of this.ownedDirs) await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 
-  /** SIGKILL: the agent dies without cleaning up, as in a crash. */
+  /** SIGKILL: the agent dies without cleaning up, as in a crash. Call stop() later to remove its files. */
   async kill(): Promise<void> {
+    await this.#signal("SIGKILL");
+  }
+
+  async #signal(signal: Deno.Signal): Promise<void> {
     try {
-      this.child.kill("SIGKILL");
+      this.child.kill(signal);
     } catch { /* already gone */ }
     await this.exited;
   }
@@ -119,7 +123,8 @@ export async function startAgent(opts: AgentOptions): Promise<TestAgent> {
   stdout.cancel().catch(() => {});
   const api = /API (http:\/\/\S+?),/.exec(seen)![1];
   const data = /data port (\S+:\d+)/.exec(seen)![1];
-  return new TestAgent(opts.id, child, api, data, root, stateDir, child.stderr);
+  const owned = opts.root ? [stateDir] : [stateDir, root];
+  return new TestAgent(opts.id, child, api, data, root, stateDir, child.stderr, owned);
 }
 
 /** Polls a transfer until it reaches a terminal state; returns the final snapshot. */
