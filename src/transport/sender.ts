@@ -97,6 +97,9 @@ function closeQuietly(c: { close(): void }): void {
   } catch { /* already closed */ }
 }
 
+/** How long a cancel waits for the receiver to confirm that it dropped the partial file. */
+const CANCEL_WAIT_MS = 5000;
+
 export class OutgoingTransfer {
   readonly #opts: SendOptions;
   readonly #progress: TransferProgress;
@@ -165,10 +168,11 @@ export class OutgoingTransfer {
     const watchdog = setInterval(() => this.#checkStall(), Math.min(1000, this.#opts.stallTimeoutMs));
     try {
       this.#readControl();
-      const conns = await Promise.all(
-        Array.from({ length: streams }, (_, i) => this.#attach(i)),
-      );
-      this.#streams.push(...conns);
+      const attached = await Promise.allSettled(Array.from({ length: streams }, (_, i) => this.#attach(i)));
+      const conns = attached.flatMap((r) => r.status === "fulfilled" ? [r.value] : []);
+      this.#streams.push(...conns); // closed in finally, even when another stream failed to attach
+      const refused = attached.find((r) => r.status === "rejected");
+      if (refused) throw refused.reason;
       this.#progress.setState("running");
       this.#lastAckMs = Date.now();
       await Promise.all(conns.map((conn, i) => this.#runStream(conn, i, sched, digests)));
@@ -204,8 +208,10 @@ export class OutgoingTransfer {
     this.#pendingCancel = Promise.withResolvers();
     try {
       await sendMessage(this.#control, { type: "cancel", reason });
-      const timeout = new Promise<void>((r) => setTimeout(r, 5000));
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timeout = new Promise<void>((r) => timer = setTimeout(r, CANCEL_WAIT_MS));
       await Promise.race([this.#pendingCancel.promise, timeout]);
+      clearTimeout(timer);
     } catch { /* the control connection is gone: the receiver drops the partial file on its own */ }
     this.#fail(new TransferError("cancelled", reason));
   }
@@ -289,7 +295,8 @@ export class OutgoingTransfer {
     try {
       await this.#sendChunks(conn, stream, sched, digests, wireLen, stop);
     } catch (err) {
-      if (!stop()) this.#loseStream(stream, sched, err);
+      if (err instanceof TransferError) this.#fail(err); // the source, not the stream, is at fault
+      else if (!stop()) this.#loseStream(stream, sched, err);
     }
     await acks;
   }
@@ -304,7 +311,9 @@ export class OutgoingTransfer {
   ): Promise<void> {
     const { chunkBytes, codec: codecName } = this.#opts;
     const transferId = uuidToBytes(this.#opts.transferId);
-    using file = await Deno.open(this.#opts.sourcePath, { read: true });
+    using file = await Deno.open(this.#opts.sourcePath, { read: true }).catch((err) => {
+      throw new TransferError("source_unreadable", `cannot read ${this.#opts.sourcePath}: ${err.message}`);
+    });
     const raw = new Uint8Array(FRAME_HEADER_BYTES + chunkBytes);
     const codec = codecName === "none" ? undefined : new Codec(codecName);
     const encoded = codec
@@ -318,8 +327,15 @@ export class OutgoingTransfer {
           continue;
         }
         const body = raw.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + chunk.length);
-        file.seekSync(chunk.offset, Deno.SeekMode.Start);
-        readFullSync(file, body);
+        try {
+          file.seekSync(chunk.offset, Deno.SeekMode.Start);
+          readFullSync(file, body);
+        } catch (err) {
+          throw new TransferError(
+            "source_unreadable",
+            `reading ${this.#opts.sourcePath}: ${(err as Error).message}`,
+          );
+        }
         const checksum = raw.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 8);
         xxh3Into(body, checksum);
         digests.record(chunk.seq, checksum);

@@ -101,7 +101,7 @@ export function readFullSync(file: Deno.FsFile, buf: Uint8Array): void {
   let got = 0;
   while (got < buf.length) {
     const n = file.readSync(buf.subarray(got));
-    if (n === null) throw new ConnectionClosed(`file ended after ${got} of ${buf.length} bytes; it shrank?`);
+    if (n === null) throw new RangeError(`file ended after ${got} of ${buf.length} bytes; did it shrink?`);
     got += n;
   }
 }
