@@ -5,9 +5,14 @@ import { createApp } from "../api/app.ts";
 import { jsonLogger, type Logger } from "../obs/log.ts";
 import { type PeerIdentity, PROTOCOL_VERSION } from "../transport/handshake.ts";
 import { DataServer } from "../transport/receiver.ts";
+import { SinkTable } from "../transport/sink_table.ts";
 import { type AgentConfig, ConfigError, splitHostPort } from "./config.ts";
 import { Roots } from "./roots.ts";
 import { TransferService } from "./transfers.ts";
+import { join } from "node:path";
+import { incomingMigrationHandler } from "../migration/incoming.ts";
+import { MigrationService } from "../migration/service.ts";
+import { VmManager } from "../vm/manager.ts";
 
 export const VERSION = "0.1.0";
 
@@ -58,7 +63,17 @@ export async function startAgent(
     capabilities: { codecs: caps.codecs, rdma: caps.rdma.available },
   };
   const transfers = new TransferService(config, roots, identity);
+  const vms = new VmManager({ runDir: join(config.stateDir, "run"), log });
+  const migrations = new MigrationService({
+    vms,
+    identity,
+    secret: config.secret,
+    resolvePeer: (peer) => transfers.resolvePeer(peer),
+    defaults: config.transfer,
+    log,
+  });
 
+  const sinks = new SinkTable();
   const data = splitHostPort(config.data.listen);
   const listener = listenOrExplain(
     "data",
@@ -71,6 +86,8 @@ export async function startAgent(
     roots,
     windowChunks: config.transfer.windowChunks,
     fsync: config.transfer.fsync,
+    sinks,
+    exchanges: { "migrate-prepare": incomingMigrationHandler({ vms, sinks, roots, log }) },
     onIncoming: (p) => transfers.addIncoming(p),
     log,
   });
@@ -79,6 +96,9 @@ export async function startAgent(
   const api = splitHostPort(config.api.listen);
   const app = createApp({
     transfers,
+    vms,
+    migrations,
+    roots,
     token: config.api.token,
     info: () => ({
       version: VERSION,
@@ -113,6 +133,7 @@ export async function startAgent(
     async shutdown() {
       await transfers.cancelAll();
       await dataServer.close();
+      await vms.stopAll();
       await serving;
       await server.shutdown();
       log("agent stopped");

@@ -2,6 +2,8 @@
 import type { CodecName } from "../../ffi/codec.ts";
 import { TransferProgress, type TransferSnapshot } from "../obs/progress.ts";
 import type { PeerIdentity } from "../transport/handshake.ts";
+import { basename } from "node:path";
+import { FileSource } from "../transport/chunk_source.ts";
 import { OutgoingTransfer, type PeerAddress } from "../transport/sender.ts";
 import { type AgentConfig, isHostPort, splitHostPort } from "./config.ts";
 import type { Roots } from "./roots.ts";
@@ -69,22 +71,36 @@ export class TransferService {
       chunkBytes,
       streams,
     });
-    const transfer = await OutgoingTransfer.open({
-      transferId: id,
-      sourcePath: source.path,
-      sizeBytes: source.sizeBytes,
-      peer,
-      destination: req.destination ?? "",
-      overwrite: req.overwrite ?? false,
-      streams,
-      chunkBytes,
-      codec,
-      maxRetries: t.maxRetries,
-      stallTimeoutMs: t.stallTimeoutMs,
-      maxBytesPerSec: req.maxBytesPerSec,
-      secret: this.config.secret,
-      identity: this.identity,
-    }, progress);
+    const fileSource = await FileSource.open(source.path, source.sizeBytes, chunkBytes);
+    let transfer: OutgoingTransfer;
+    try {
+      transfer = await OutgoingTransfer.open(
+        {
+          transferId: id,
+          peer,
+          target: {
+            mode: "file",
+            destination: req.destination ?? "",
+            sourceName: basename(source.path),
+            sizeBytes: source.sizeBytes,
+            overwrite: req.overwrite ?? false,
+          },
+          streams,
+          chunkBytes,
+          codec,
+          maxRetries: t.maxRetries,
+          stallTimeoutMs: t.stallTimeoutMs,
+          maxBytesPerSec: req.maxBytesPerSec,
+          secret: this.config.secret,
+          identity: this.identity,
+        },
+        fileSource,
+        progress,
+      );
+    } catch (err) {
+      fileSource.close();
+      throw err;
+    }
     this.#add(progress);
     const done = transfer.run().finally(() => this.#outgoing.delete(id));
     this.#outgoing.set(id, { transfer, done });

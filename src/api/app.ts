@@ -2,13 +2,21 @@
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { timingSafeEqual } from "node:crypto";
+import type { Roots } from "../agent/roots.ts";
 import type { TransferService } from "../agent/transfers.ts";
+import type { MigrationService } from "../migration/service.ts";
+import type { VmManager } from "../vm/manager.ts";
 import { ApiError, errorResponse } from "./errors.ts";
+import { migrationsRoutes } from "./migrations.ts";
 import { transfersRoutes } from "./transfers.ts";
+import { vmsRoutes } from "./vms.ts";
 import { MAX_BODY_BYTES } from "./validate.ts";
 
 export interface ApiDeps {
   transfers: TransferService;
+  vms: VmManager;
+  migrations: MigrationService;
+  roots: Roots;
   /** Bearer token required on every route but /v1/health; undefined turns the check off. */
   token?: string;
   info(): unknown;
@@ -60,5 +68,7 @@ export function createApp(deps: ApiDeps): Hono {
 
   app.get("/v1/info", (c) => c.json(deps.info()));
   app.route("/v1/transfers", transfersRoutes(deps.transfers));
+  app.route("/v1/vms", vmsRoutes(deps.vms, deps.roots));
+  app.route("/v1/migrations", migrationsRoutes(deps.migrations));
   return app;
 }

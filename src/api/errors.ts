@@ -3,8 +3,12 @@ import type { Context } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { PathError } from "../agent/roots.ts";
 import { UnknownPeerError } from "../agent/transfers.ts";
+import { SourceError } from "../transport/chunk_source.ts";
 import { TransferError } from "../transport/sender.ts";
 import { PeerError } from "../transport/wire.ts";
+import { MigrationError } from "../migration/service.ts";
+import { VmError, type VmErrorCode } from "../vm/manager.ts";
+import { VmSpecError } from "../vm/spec.ts";
 
 export class ApiError extends Error {
   override name = "ApiError";
@@ -31,11 +35,24 @@ const STATUS_BY_CODE: Record<string, ContentfulStatusCode> = {
   auth_failed: 502,
   version_mismatch: 502,
   peer_unreachable: 502,
+  vm_exists: 409,
+  invalid_vm_spec: 400,
+};
+
+const VM_STATUS: Record<VmErrorCode, ContentfulStatusCode> = {
+  vm_exists: 409,
+  vm_not_found: 404,
+  vm_not_running: 409,
+  vm_start_failed: 422,
 };
 
 export function toApiError(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
   if (err instanceof UnknownPeerError) return new ApiError(400, "unknown_peer", err.message);
+  if (err instanceof VmSpecError) return new ApiError(400, err.code, err.message, err.issues);
+  if (err instanceof VmError) return new ApiError(VM_STATUS[err.code], err.code, err.message, err.details);
+  if (err instanceof MigrationError) return new ApiError(err.status, err.code, err.message);
+  if (err instanceof SourceError) return new ApiError(400, "source_unreadable", err.message);
   if (err instanceof PathError) return new ApiError(STATUS_BY_CODE[err.code] ?? 400, err.code, err.message);
   if (err instanceof PeerError || err instanceof TransferError) {
     // A peer's refusal keeps its code; anything the peer did not classify is a gateway failure.

@@ -1,12 +1,11 @@
 /** /v1/transfers: start, list, show, follow (server-sent events) and cancel file transfers. */
 import { Hono } from "hono";
-import { streamSSE } from "hono/streaming";
 import { z } from "zod";
 import { CODECS } from "../../ffi/codec.ts";
 import type { TransferService } from "../agent/transfers.ts";
-import type { TransferSnapshot } from "../obs/progress.ts";
 import { LIMITS } from "../transport/receiver.ts";
 import { ApiError } from "./errors.ts";
+import { followSSE } from "./sse.ts";
 import { parseBody } from "./validate.ts";
 
 const createTransfer = z.object({
@@ -42,29 +41,11 @@ export function transfersRoutes(service: TransferService): Hono {
 
   app.get("/:id/events", (c) => {
     const progress = find(c.req.param("id"));
-    return streamSSE(c, async (stream) => {
-      const done = Promise.withResolvers<void>();
-      let last: TransferSnapshot | undefined;
-      const send = (snap: TransferSnapshot) => {
-        last = snap;
-        stream.writeSSE({
-          event: snap.state === "running" ? "progress" : snap.state,
-          data: JSON.stringify(snap),
-        })
-          .catch(() => done.resolve());
-        if (progress.terminal) done.resolve();
-      };
-      const unsubscribe = progress.subscribe(send);
-      stream.onAbort(() => done.resolve());
-      send(progress.snapshot());
-      // Progress notifications stop when a transfer stalls; a heartbeat keeps the figures fresh.
-      const tick = setInterval(() => {
-        if (last && !progress.terminal) send(progress.snapshot());
-      }, 1000);
-      await done.promise;
-      clearInterval(tick);
-      unsubscribe();
-    });
+    return followSSE(
+      c,
+      progress,
+      (s) => ({ name: s.state === "running" ? "progress" : s.state, final: progress.terminal }),
+    );
   });
 
   app.delete("/:id", async (c) => {

@@ -35,3 +35,23 @@ export class ChunkDigests {
     return Array.from(out, (b) => b.toString(16).padStart(2, "0")).join("");
   }
 }
+
+/**
+ * A digest folded chunk by chunk in sequence order, for streams: constant memory however long the
+ * stream runs. Both ends fold the same checksums in the same order, the sender as it reads, the
+ * receiver as it delivers.
+ */
+export class RunningDigest {
+  readonly #state = new Uint8Array(16);
+  count = 0;
+
+  fold(checksum: Uint8Array): void {
+    this.#state.set(checksum, 8);
+    xxh3Into(this.#state, this.#state.subarray(0, 8));
+    this.count++;
+  }
+
+  digest(): string {
+    return Array.from(this.#state.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+}

@@ -1,15 +1,14 @@
 /**
  * AMST receiving side: the data-port server. Each connection authenticates, then either opens a
- * transfer (control connection) or attaches to one as a stream. Stream readers verify each chunk's
- * checksum, write it at its offset into a temporary file beside the destination, and acknowledge it;
- * on commit the chunk table is checked against the sender's digest, the file synced and renamed into
- * place. Any failure before that removes the temporary file: a partial file is never left as complete.
+ * transfer (control connection), attaches to one as a stream, or starts an exchange that another part
+ * of the agent registered (a migration's preparation). Stream readers verify each chunk's checksum and
+ * hand it to the transfer's sink (a file, or a live stream such as a QEMU incoming socket), which
+ * acknowledges it once stored or delivered. Any failure before commit drops what was received.
  */
-import { basename, dirname, join } from "node:path";
-import { Codec, codecName, xxh3Into } from "../../ffi/codec.ts";
+import { Codec, codecName, CODECS, xxh3Into } from "../../ffi/codec.ts";
 import { PathError, type Roots } from "../agent/roots.ts";
 import { TransferProgress } from "../obs/progress.ts";
-import { ChunkDigests } from "./chunk_digest.ts";
+import { type ChunkSink, FileSink, RefusedError, StreamSink } from "./chunk_sink.ts";
 import {
   decodeHeader,
   encodeHeader,
@@ -20,22 +19,18 @@ import {
   uuidToBytes,
 } from "./frame.ts";
 import { type PeerIdentity, serverHandshake } from "./handshake.ts";
-import type {
-  AcceptedMessage,
-  AttachMessage,
-  CommitMessage,
-  CommittedMessage,
-  OpenMessage,
-} from "./messages.ts";
+import type { AcceptedMessage, AttachMessage, CommitMessage, OpenMessage } from "./messages.ts";
 import {
+  closeQuietly,
   ConnectionClosed,
   type Duplex,
   readFull,
   receiveMessage,
   sendMessage,
   writeAll,
-  writeAllSync,
 } from "./wire.ts";
+
+export { RefusedError };
 
 export const LIMITS = {
   minChunkBytes: 4096,
@@ -46,27 +41,30 @@ export const LIMITS = {
   handshakeTimeoutMs: 10_000,
 } as const;
 
+/** Handles a connection whose first message has this type; the agent registers these (migrations). */
+export type ExchangeHandler = (
+  conn: Deno.TcpConn,
+  first: { type: string },
+  peer: PeerIdentity,
+) => Promise<void>;
+
+/** Live-stream sinks, registered under a name before the sender opens a stream transfer into them. */
+export interface SinkRegistry {
+  /** Hands over the sink's output (once); undefined when no such sink waits. */
+  take(name: string): Duplex | undefined;
+}
+
 export interface ReceiverOptions {
   secret: string;
   identity: PeerIdentity;
   roots: Roots;
   windowChunks: number;
   fsync: boolean;
+  sinks: SinkRegistry;
+  exchanges: Record<string, ExchangeHandler>;
   /** Called for each accepted incoming transfer, so the agent can list and show it. */
   onIncoming(progress: TransferProgress): void;
   log(msg: string, fields?: Record<string, unknown>): void;
-}
-
-class RefusedError extends Error {
-  constructor(readonly code: string, message: string) {
-    super(message);
-  }
-}
-
-function closeQuietly(c: { close(): void }): void {
-  try {
-    c.close();
-  } catch { /* already closed */ }
 }
 
 function validateOpen(m: OpenMessage): void {
@@ -75,10 +73,6 @@ function validateOpen(m: OpenMessage): void {
   };
   if (typeof m.transferId !== "string") fail("transferId missing");
   uuidToBytes(m.transferId);
-  if (typeof m.destination !== "string") fail("destination must be a string");
-  if (!Number.isSafeInteger(m.sizeBytes) || m.sizeBytes < 0) {
-    fail(`sizeBytes ${m.sizeBytes} is not a valid size`);
-  }
   if (
     !Number.isInteger(m.chunkBytes) || m.chunkBytes < LIMITS.minChunkBytes ||
     m.chunkBytes > LIMITS.maxChunkBytes
@@ -88,34 +82,35 @@ function validateOpen(m: OpenMessage): void {
   if (!Number.isInteger(m.streams) || m.streams < 1 || m.streams > LIMITS.maxStreams) {
     fail(`streams ${m.streams} is outside 1..${LIMITS.maxStreams}`);
   }
-  if (!["none", "lz4", "zstd", "snappy"].includes(m.codec)) fail(`codec "${m.codec}" is not supported`);
+  if (!CODECS.includes(m.codec)) fail(`codec "${m.codec}" is not supported`);
+  const t = m.target;
+  if (t?.mode === "file") {
+    if (typeof t.destination !== "string") fail("destination must be a string");
+    if (!Number.isSafeInteger(t.sizeBytes) || t.sizeBytes < 0) {
+      fail(`sizeBytes ${t.sizeBytes} is not a valid size`);
+    }
+  } else if (t?.mode === "stream") {
+    if (typeof t.sink !== "string") fail("sink must be a string");
+  } else {
+    fail(`target mode must be "file" or "stream"`);
+  }
 }
 
 class IncomingTransfer {
-  readonly totalChunks: number;
-  readonly digests: ChunkDigests;
   readonly transferIdBytes: Uint8Array;
   readonly streams = new Set<Duplex>();
   readonly progress: TransferProgress;
   #finished = false;
 
-  constructor(
-    readonly open: OpenMessage,
-    readonly peer: string,
-    readonly finalPath: string,
-    readonly tempPath: string,
-    readonly opts: ReceiverOptions,
-  ) {
-    this.totalChunks = Math.ceil(open.sizeBytes / open.chunkBytes);
-    this.digests = new ChunkDigests(this.totalChunks);
+  constructor(readonly open: OpenMessage, peer: string, readonly sink: ChunkSink) {
     this.transferIdBytes = uuidToBytes(open.transferId);
     this.progress = new TransferProgress({
       id: open.transferId,
       direction: "receive",
-      source: open.sourceName,
+      source: open.target.mode === "file" ? open.target.sourceName : "stream",
       peer,
-      destination: finalPath,
-      sizeBytes: open.sizeBytes,
+      destination: sink.label,
+      sizeBytes: sink.sizeBytes ?? 0,
       codec: open.codec,
       chunkBytes: open.chunkBytes,
       streams: open.streams,
@@ -129,13 +124,19 @@ class IncomingTransfer {
   async runStream(conn: Duplex, stream: number): Promise<void> {
     this.streams.add(conn);
     const head = new Uint8Array(FRAME_HEADER_BYTES);
-    const ack = new Uint8Array(FRAME_HEADER_BYTES);
     const raw = new Uint8Array(this.open.chunkBytes);
     // Senders compress a chunk only when that makes it smaller, so a chunk-sized buffer holds any payload.
     const encoded = new Uint8Array(this.open.chunkBytes);
     const checksum = new Uint8Array(8);
     const codecs = new Map<number, Codec>();
-    using file = await Deno.open(this.tempPath, { write: true });
+    // Acks come from this reader and, for streams, from the sink's delivery: one write at a time.
+    let writes = Promise.resolve();
+    const reply = (type: FrameType, h: { seq: number; offset: number; rawLen: number }) => {
+      const frame = new Uint8Array(FRAME_HEADER_BYTES);
+      encodeHeader({ ...h, type, codec: 0, transferId: this.transferIdBytes, encLen: 0, checksum }, frame);
+      writes = writes.then(() => writeAll(conn, frame));
+      return writes;
+    };
     try {
       while (!this.#finished) {
         try {
@@ -145,39 +146,29 @@ class IncomingTransfer {
           throw err;
         }
         const h = decodeHeader(head);
-        const expected = h.seq < this.totalChunks
-          ? Math.min(this.open.chunkBytes, this.open.sizeBytes - h.seq * this.open.chunkBytes)
-          : -1;
         if (
-          h.type !== FrameType.Data || !sameBytes(h.transferId, this.transferIdBytes) || expected < 0 ||
-          h.offset !== h.seq * this.open.chunkBytes || h.rawLen !== expected ||
-          (h.codec === 0 ? h.encLen !== h.rawLen : h.encLen >= h.rawLen) || codecName(h.codec) === undefined
+          h.type !== FrameType.Data || !sameBytes(h.transferId, this.transferIdBytes) ||
+          h.rawLen > this.open.chunkBytes || codecName(h.codec) === undefined ||
+          (h.codec === 0 ? h.encLen !== h.rawLen : h.encLen >= h.rawLen)
         ) {
           throw new FrameError(`stream ${stream} sent an inconsistent frame (seq ${h.seq}, type ${h.type})`);
         }
+        this.sink.check(h);
         const body = h.codec === 0 ? raw.subarray(0, h.rawLen) : encoded.subarray(0, h.encLen);
         await readFull(conn, body);
-        const good = await this.#decode(h.codec, body, raw, h.rawLen, codecs) &&
-          (xxh3Into(raw.subarray(0, h.rawLen), checksum), sameBytes(checksum, h.checksum));
-        if (good) {
-          file.seekSync(h.offset, Deno.SeekMode.Start);
-          writeAllSync(file, raw.subarray(0, h.rawLen));
-          this.digests.record(h.seq, checksum);
-          this.progress.chunkDone(stream, h.rawLen, FRAME_HEADER_BYTES + h.encLen);
-        } else {
+        const data = raw.subarray(0, h.rawLen);
+        const good = await this.#decode(h.codec, body, data, codecs) &&
+          (xxh3Into(data, checksum), sameBytes(checksum, h.checksum));
+        if (!good) {
           this.progress.retransmits++;
+          await reply(FrameType.Nack, h);
+          continue;
         }
-        encodeHeader({
-          type: good ? FrameType.Ack : FrameType.Nack,
-          codec: 0,
-          seq: h.seq,
-          transferId: this.transferIdBytes,
-          offset: h.offset,
-          rawLen: h.rawLen,
-          encLen: 0,
-          checksum,
-        }, ack);
-        await writeAll(conn, ack);
+        const { seq, offset, rawLen } = h;
+        await this.sink.accept(h, data, () => {
+          this.progress.chunkDone(stream, rawLen, FRAME_HEADER_BYTES + h.encLen);
+          return reply(FrameType.Ack, { seq, offset, rawLen });
+        });
       }
     } finally {
       for (const c of codecs.values()) c.close();
@@ -186,54 +177,30 @@ class IncomingTransfer {
     }
   }
 
-  /** Decodes body into raw; false when the data is corrupt (the chunk is then asked for again). */
-  async #decode(
-    codecId: number,
-    body: Uint8Array,
-    raw: Uint8Array,
-    rawLen: number,
-    codecs: Map<number, Codec>,
-  ) {
+  /** Decodes body into data; false when the data is corrupt (the chunk is then asked for again). */
+  async #decode(codecId: number, body: Uint8Array, data: Uint8Array, codecs: Map<number, Codec>) {
     if (codecId === 0) return true;
     let codec = codecs.get(codecId);
     if (!codec) codecs.set(codecId, codec = new Codec(codecName(codecId)!));
     try {
-      return await codec.decompressAsync(body, raw.subarray(0, rawLen)) === rawLen;
+      return await codec.decompressAsync(body, data) === data.length;
     } catch {
       return false;
     }
   }
 
-  /** Checks that every chunk arrived with the checksums the sender sent, syncs and renames into place. */
-  async commit(msg: CommitMessage): Promise<CommittedMessage> {
-    if (msg.chunks !== this.totalChunks || !this.digests.complete) {
-      throw new RefusedError(
-        "incomplete",
-        `commit with ${this.digests.recorded} of ${this.totalChunks} chunks received; the transfer is incomplete`,
-      );
-    }
-    if (msg.digest !== this.digests.digest()) {
-      throw new RefusedError(
-        "digest_mismatch",
-        "the chunk checksums received differ from the sender's; resend",
-      );
-    }
-    if (this.opts.fsync) {
-      using f = await Deno.open(this.tempPath, { write: true });
-      await f.sync();
-    }
-    await Deno.rename(this.tempPath, this.finalPath);
+  async commit(msg: CommitMessage): Promise<void> {
+    await this.sink.commit(msg);
     this.#finished = true;
     this.progress.setState("completed");
-    return { type: "committed", path: this.finalPath, bytes: this.open.sizeBytes };
   }
 
-  /** Drops the partial file and closes every stream. Safe to call more than once. */
+  /** Drops what was received and closes every stream. Safe to call more than once. */
   async abort(state: "failed" | "cancelled", error?: { code: string; message: string }): Promise<void> {
     if (this.#finished) return;
     this.#finished = true;
     for (const s of this.streams) closeQuietly(s);
-    await Deno.remove(this.tempPath).catch(() => {});
+    await this.sink.abort();
     this.progress.setState(state, error);
   }
 }
@@ -285,8 +252,10 @@ export class DataServer {
         clearTimeout(timer);
       }
       const first = await receiveMessage<OpenMessage | AttachMessage>(conn);
+      const exchange = this.opts.exchanges[first.type];
       if (first.type === "open") await this.#control(conn, first, `${peer.agentId}@${remote.hostname}`);
       else if (first.type === "attach") await this.#stream(conn, first);
+      else if (exchange) await exchange(conn, first, peer);
       else {throw new RefusedError(
           "protocol",
           `unexpected first message "${(first as { type: string }).type}"`,
@@ -304,6 +273,17 @@ export class DataServer {
     }
   }
 
+  async #openSink(open: OpenMessage): Promise<ChunkSink> {
+    const t = open.target;
+    if (t.mode === "stream") {
+      const output = this.opts.sinks.take(t.sink);
+      if (!output) throw new RefusedError("unknown_sink", `no stream sink "${t.sink}" is waiting here`);
+      return new StreamSink(t.sink, output);
+    }
+    const finalPath = await this.opts.roots.destination(t.destination, t.sourceName, t.overwrite);
+    return await FileSink.create(finalPath, open.transferId, t.sizeBytes, open.chunkBytes, this.opts.fsync);
+  }
+
   async #control(conn: Deno.Conn, open: OpenMessage, peer: string): Promise<void> {
     validateOpen(open);
     if (this.#active.size >= LIMITS.maxTransfers) {
@@ -315,16 +295,7 @@ export class DataServer {
     if (this.#active.has(open.transferId)) {
       throw new RefusedError("duplicate", `transfer ${open.transferId} exists`);
     }
-    const finalPath = await this.opts.roots.destination(open.destination, open.sourceName, open.overwrite);
-    const tempPath = join(
-      dirname(finalPath),
-      `.${basename(finalPath)}.dwcp-${open.transferId.slice(0, 8)}.part`,
-    );
-    {
-      using f = await Deno.open(tempPath, { write: true, create: true, truncate: true });
-      await f.truncate(open.sizeBytes);
-    }
-    const t = new IncomingTransfer(open, peer, finalPath, tempPath, this.opts);
+    const t = new IncomingTransfer(open, peer, await this.#openSink(open));
     this.#active.set(open.transferId, t);
     this.opts.onIncoming(t.progress);
     t.progress.setState("running");
@@ -333,7 +304,7 @@ export class DataServer {
         conn,
         {
           type: "accepted",
-          path: finalPath,
+          path: t.sink.label,
           windowChunks: this.opts.windowChunks,
         } satisfies AcceptedMessage,
       );
@@ -341,7 +312,12 @@ export class DataServer {
         const msg = await receiveMessage<CommitMessage | { type: "cancel"; reason: string }>(conn);
         if (msg.type === "commit") {
           t.progress.setState("committing");
-          await sendMessage(conn, await t.commit(msg));
+          await t.commit(msg);
+          await sendMessage(conn, {
+            type: "committed",
+            path: t.sink.label,
+            bytes: t.progress.snapshot().bytesDone,
+          });
         } else if (msg.type === "cancel") {
           await t.abort("cancelled", { code: "cancelled", message: String(msg.reason) });
           await sendMessage(conn, { type: "cancelled" });

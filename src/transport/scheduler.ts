@@ -1,21 +1,17 @@
 /**
  * AMST stripe scheduler: which chunk each stream sends next, under per-stream credit. Sans-IO and
- * deterministic; the sender's stream workers call it and do the IO.
+ * deterministic; the sender's stream workers call it and do the IO. It deals in chunk sequence numbers
+ * only; what a chunk holds is the chunk source's business.
  *
- * A stream may hold at most `windowChunks` unacknowledged chunks (its credit). Chunks of a lost stream
- * and chunks the receiver rejected go back to the front of the queue, so the surviving streams send
- * them next; a chunk rejected more than `maxRetries` times fails the transfer.
+ * The source offers chunks as they become available (a file offers all at once, a live stream as it is
+ * read) and ends the offer when it has no more. A stream may hold at most `windowChunks`
+ * unacknowledged fresh chunks (its credit). Chunks of a lost stream and chunks the receiver rejected
+ * are requeued at the front and go out next on any live stream, credit or not: a receiver that
+ * delivers in order may be holding the other streams' chunks until exactly those arrive. A chunk
+ * rejected more than `maxRetries` times fails the transfer.
  */
 
-export interface Chunk {
-  seq: number;
-  offset: number;
-  length: number;
-}
-
 export interface SchedulerOptions {
-  sizeBytes: number;
-  chunkBytes: number;
   streams: number;
   windowChunks: number;
   maxRetries: number;
@@ -26,7 +22,8 @@ export class SchedulerError extends Error {
 }
 
 export class StripeScheduler {
-  readonly totalChunks: number;
+  #offered = 0;
+  #ended = false;
   #nextFresh = 0;
   readonly #requeued: number[] = [];
   readonly #inflight: Set<number>[];
@@ -35,35 +32,46 @@ export class StripeScheduler {
   #acked = 0;
 
   constructor(readonly opts: SchedulerOptions) {
-    if (!(opts.chunkBytes > 0) || !(opts.streams > 0) || !(opts.windowChunks > 0)) {
-      throw new RangeError("chunkBytes, streams and windowChunks must be positive");
+    if (!(opts.streams > 0) || !(opts.windowChunks > 0)) {
+      throw new RangeError("streams and windowChunks must be positive");
     }
-    this.totalChunks = Math.ceil(opts.sizeBytes / opts.chunkBytes);
     this.#inflight = Array.from({ length: opts.streams }, () => new Set<number>());
     this.#alive = Array(opts.streams).fill(true);
   }
 
-  chunk(seq: number): Chunk {
-    const offset = seq * this.opts.chunkBytes;
-    return { seq, offset, length: Math.min(this.opts.chunkBytes, this.opts.sizeBytes - offset) };
+  /** count more chunks (the next sequence numbers) can be sent. */
+  offer(count = 1): void {
+    if (this.#ended) throw new SchedulerError("chunks offered after the end of the source");
+    this.#offered += count;
   }
 
-  /** The next chunk for stream, or undefined when it has no credit or nothing is left to send now. */
-  next(stream: number): Chunk | undefined {
+  /** The source has no more chunks; done once every offered chunk is acknowledged. */
+  end(): void {
+    this.#ended = true;
+  }
+
+  get offered(): number {
+    return this.#offered;
+  }
+
+  /** The next chunk for stream, or undefined when it has no credit or nothing is ready to send. */
+  next(stream: number): number | undefined {
+    if (!this.#alive[stream]) return undefined;
     const inflight = this.#inflight[stream];
-    if (!this.#alive[stream] || inflight.size >= this.opts.windowChunks) return undefined;
     let seq = this.#requeued.shift();
     if (seq === undefined) {
-      if (this.#nextFresh >= this.totalChunks) return undefined;
+      if (inflight.size >= this.opts.windowChunks || this.#nextFresh >= this.#offered) return undefined;
       seq = this.#nextFresh++;
     }
     inflight.add(seq);
-    return this.chunk(seq);
+    return seq;
   }
 
-  /** The receiver verified and stored seq. Acks for chunks not in flight on stream are ignored. */
-  ack(stream: number, seq: number): void {
-    if (this.#inflight[stream]?.delete(seq)) this.#acked++;
+  /** The receiver took seq. Acks for chunks not in flight on stream are ignored. */
+  ack(stream: number, seq: number): boolean {
+    if (!this.#inflight[stream]?.delete(seq)) return false;
+    this.#acked++;
+    return true;
   }
 
   /** The receiver rejected seq (checksum or decode failure): send it again, on any stream. */
@@ -103,6 +111,6 @@ export class StripeScheduler {
   }
 
   get done(): boolean {
-    return this.#acked === this.totalChunks;
+    return this.#ended && this.#acked === this.#offered;
   }
 }

@@ -1,12 +1,14 @@
 /**
  * AMST sending side: one control connection and N stream connections to the peer's data port. The
- * stream workers pull chunks from the StripeScheduler under credit, read them from the source file,
- * checksum and encode them, and write frames; acknowledgements come back on each stream and return
- * credit. The transfer completes only when the receiver has committed (verified, synced, renamed).
+ * stream workers pull chunks from the StripeScheduler under credit, load them from the chunk source (a
+ * file, or a live stream such as a QEMU migration socket), encode them, and write frames;
+ * acknowledgements come back on each stream, return credit and release the source's copy. The
+ * transfer completes only when the receiver has committed.
  */
-import { Codec, type CodecName, xxh3Into } from "../../ffi/codec.ts";
+import { Codec, type CodecName } from "../../ffi/codec.ts";
 import type { TransferProgress } from "../obs/progress.ts";
-import { ChunkDigests } from "./chunk_digest.ts";
+import { type ChunkSource, SourceError } from "./chunk_source.ts";
+import { dial, type PeerAddress, TransferError } from "./dial.ts";
 import {
   CHECKSUM_OFFSET,
   decodeHeader,
@@ -15,7 +17,7 @@ import {
   FrameType,
   uuidToBytes,
 } from "./frame.ts";
-import { clientHandshake, type PeerIdentity } from "./handshake.ts";
+import type { PeerIdentity } from "./handshake.ts";
 import type {
   AcceptedMessage,
   AttachedMessage,
@@ -23,34 +25,30 @@ import type {
   CommitMessage,
   CommittedMessage,
   OpenMessage,
+  OpenTarget,
 } from "./messages.ts";
 import { TokenBucket } from "./pacer.ts";
 import { SchedulerError, StripeScheduler } from "./scheduler.ts";
 import { Signal } from "./signal.ts";
 import {
+  closeQuietly,
   ConnectionClosed,
   type ErrorMessage,
   expectMessage,
   PeerError,
   readFull,
-  readFullSync,
   receiveMessage,
   sendMessage,
   writeAll,
 } from "./wire.ts";
 
-export interface PeerAddress {
-  host: string;
-  port: number;
-}
+export { type PeerAddress, TransferError };
 
 export interface SendOptions {
   transferId: string;
-  sourcePath: string;
-  sizeBytes: number;
   peer: PeerAddress;
-  destination: string;
-  overwrite: boolean;
+  /** What the receiver is asked to take: a file at a destination, or a stream into a named sink. */
+  target: OpenTarget;
   streams: number;
   chunkBytes: number;
   codec: CodecName;
@@ -63,45 +61,12 @@ export interface SendOptions {
   identity: PeerIdentity;
 }
 
-/** Errors a transfer ends with, each with a stable code for the API. */
-export class TransferError extends Error {
-  override name = "TransferError";
-  constructor(readonly code: string, message: string) {
-    super(message);
-  }
-}
-
-async function dial(peer: PeerAddress, secret: string, identity: PeerIdentity): Promise<Deno.TcpConn> {
-  let conn: Deno.TcpConn;
-  try {
-    conn = await Deno.connect({ hostname: peer.host, port: peer.port });
-  } catch (err) {
-    throw new TransferError(
-      "peer_unreachable",
-      `cannot reach peer at ${peer.host}:${peer.port}: ${(err as Error).message}; is its agent running?`,
-    );
-  }
-  conn.setNoDelay(true);
-  try {
-    await clientHandshake(conn, secret, identity);
-  } catch (err) {
-    closeQuietly(conn);
-    throw err;
-  }
-  return conn;
-}
-
-function closeQuietly(c: { close(): void }): void {
-  try {
-    c.close();
-  } catch { /* already closed */ }
-}
-
 /** How long a cancel waits for the receiver to confirm that it dropped the partial file. */
 const CANCEL_WAIT_MS = 5000;
 
 export class OutgoingTransfer {
   readonly #opts: SendOptions;
+  readonly #source: ChunkSource;
   readonly #progress: TransferProgress;
   readonly #control: Deno.TcpConn;
   readonly #windowChunks: number;
@@ -116,19 +81,28 @@ export class OutgoingTransfer {
 
   private constructor(
     opts: SendOptions,
+    source: ChunkSource,
     progress: TransferProgress,
     control: Deno.TcpConn,
     accepted: AcceptedMessage,
   ) {
     this.#opts = opts;
+    this.#source = source;
     this.#progress = progress;
     this.#control = control;
     this.#windowChunks = accepted.windowChunks;
     if (opts.maxBytesPerSec) this.#bucket = new TokenBucket(opts.maxBytesPerSec, opts.chunkBytes, Date.now());
   }
 
-  /** Connects, authenticates and asks the peer to accept the file. Throws if the peer refuses. */
-  static async open(opts: SendOptions, progress: TransferProgress): Promise<OutgoingTransfer> {
+  /**
+   * Connects, authenticates and asks the peer to accept the target. Throws if the peer refuses. The
+   * transfer owns the source from here: run() closes it.
+   */
+  static async open(
+    opts: SendOptions,
+    source: ChunkSource,
+    progress: TransferProgress,
+  ): Promise<OutgoingTransfer> {
     const control = await dial(opts.peer, opts.secret, opts.identity);
     try {
       await sendMessage(
@@ -136,18 +110,15 @@ export class OutgoingTransfer {
         {
           type: "open",
           transferId: opts.transferId,
-          destination: opts.destination,
-          sourceName: opts.sourcePath.split("/").pop() ?? "file",
-          sizeBytes: opts.sizeBytes,
           chunkBytes: opts.chunkBytes,
           streams: opts.streams,
           codec: opts.codec,
-          overwrite: opts.overwrite,
+          target: opts.target,
         } satisfies OpenMessage,
       );
       const accepted = await expectMessage<AcceptedMessage>(control, "accepted");
       progress.info.destination = accepted.path;
-      return new OutgoingTransfer(opts, progress, control, accepted);
+      return new OutgoingTransfer(opts, source, progress, control, accepted);
     } catch (err) {
       closeQuietly(control);
       throw err;
@@ -158,13 +129,10 @@ export class OutgoingTransfer {
   async run(): Promise<void> {
     const { streams } = this.#opts;
     const sched = new StripeScheduler({
-      sizeBytes: this.#opts.sizeBytes,
-      chunkBytes: this.#opts.chunkBytes,
       streams,
       windowChunks: this.#windowChunks,
       maxRetries: this.#opts.maxRetries,
     });
-    const digests = new ChunkDigests(sched.totalChunks);
     const watchdog = setInterval(() => this.#checkStall(), Math.min(1000, this.#opts.stallTimeoutMs));
     try {
       this.#readControl();
@@ -175,7 +143,9 @@ export class OutgoingTransfer {
       if (refused) throw refused.reason;
       this.#progress.setState("running");
       this.#lastAckMs = Date.now();
-      await Promise.all(conns.map((conn, i) => this.#runStream(conn, i, sched, digests)));
+      const producing = this.#source.run(sched, () => this.#wake.notify()).catch((err) => this.#fail(err));
+      await Promise.all(conns.map((conn, i) => this.#runStream(conn, i, sched)));
+      await producing;
       this.#throwIfStopped();
       this.#progress.setState("committing");
       this.#pendingCommit = Promise.withResolvers();
@@ -184,8 +154,9 @@ export class OutgoingTransfer {
         this.#control,
         {
           type: "commit",
-          chunks: sched.totalChunks,
-          digest: digests.digest(),
+          chunks: sched.offered,
+          bytes: this.#progress.snapshot().bytesDone,
+          digest: this.#source.digest(),
         } satisfies CommitMessage,
       );
       await this.#pendingCommit.promise;
@@ -198,10 +169,11 @@ export class OutgoingTransfer {
       clearInterval(watchdog);
       this.#streams.forEach(closeQuietly);
       closeQuietly(this.#control);
+      this.#source.close();
     }
   }
 
-  /** Asks the receiver to drop the partial file, waits for its word (bounded), and stops the transfer. */
+  /** Asks the receiver to drop what it received, waits for its word (bounded), and stops the transfer. */
   async cancel(reason = "cancelled by request"): Promise<void> {
     if (this.#progress.terminal || this.#cancelled) return;
     this.#cancelled = true;
@@ -224,11 +196,14 @@ export class OutgoingTransfer {
         ? new TransferError(err.code, err.message)
         : err instanceof SchedulerError
         ? new TransferError("stream_failure", err.message)
+        : err instanceof SourceError
+        ? new TransferError("source_unreadable", err.message)
         : new TransferError("transfer_failed", (err as Error).message ?? String(err));
       this.#pendingCommit?.reject(this.#failure);
-      // Closing the sockets unblocks every read and write in flight.
+      // Closing the sockets and the source unblocks every read and write in flight.
       this.#streams.forEach(closeQuietly);
       closeQuietly(this.#control);
+      this.#source.close();
     }
     this.#wake.notify();
   }
@@ -283,19 +258,14 @@ export class OutgoingTransfer {
     }
   }
 
-  async #runStream(
-    conn: Deno.TcpConn,
-    stream: number,
-    sched: StripeScheduler,
-    digests: ChunkDigests,
-  ): Promise<void> {
+  async #runStream(conn: Deno.TcpConn, stream: number, sched: StripeScheduler): Promise<void> {
     const wireLen = new Map<number, number>(); // seq → bytes it took on the wire, for the progress figures
     const acks = this.#readAcks(conn, stream, sched, wireLen);
     const stop = () => this.#failure !== undefined || !sched.isAlive(stream);
     try {
-      await this.#sendChunks(conn, stream, sched, digests, wireLen, stop);
+      await this.#sendChunks(conn, stream, sched, wireLen, stop);
     } catch (err) {
-      if (err instanceof TransferError) this.#fail(err); // the source, not the stream, is at fault
+      if (err instanceof SourceError) this.#fail(err); // the source, not the stream, is at fault
       else if (!stop()) this.#loseStream(stream, sched, err);
     }
     await acks;
@@ -305,62 +275,49 @@ export class OutgoingTransfer {
     conn: Deno.TcpConn,
     stream: number,
     sched: StripeScheduler,
-    digests: ChunkDigests,
     wireLen: Map<number, number>,
     stop: () => boolean,
   ): Promise<void> {
     const { chunkBytes, codec: codecName } = this.#opts;
     const transferId = uuidToBytes(this.#opts.transferId);
-    using file = await Deno.open(this.#opts.sourcePath, { read: true }).catch((err) => {
-      throw new TransferError("source_unreadable", `cannot read ${this.#opts.sourcePath}: ${err.message}`);
-    });
-    const raw = new Uint8Array(FRAME_HEADER_BYTES + chunkBytes);
+    const scratch = new Uint8Array(FRAME_HEADER_BYTES + chunkBytes);
     const codec = codecName === "none" ? undefined : new Codec(codecName);
     const encoded = codec
       ? new Uint8Array(FRAME_HEADER_BYTES + Codec.bound(codecName, chunkBytes))
       : undefined;
     try {
       while (!stop() && !sched.done) {
-        const chunk = sched.next(stream);
-        if (!chunk) {
+        const seq = sched.next(stream);
+        if (seq === undefined) {
           await this.#wake.wait();
           continue;
         }
-        const body = raw.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + chunk.length);
-        try {
-          file.seekSync(chunk.offset, Deno.SeekMode.Start);
-          readFullSync(file, body);
-        } catch (err) {
-          throw new TransferError(
-            "source_unreadable",
-            `reading ${this.#opts.sourcePath}: ${(err as Error).message}`,
-          );
-        }
-        const checksum = raw.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 8);
-        xxh3Into(body, checksum);
-        digests.record(chunk.seq, checksum);
-        let frame = raw, codecId = 0, encLen = chunk.length;
+        let { frame, offset, length } = this.#source.load(seq, scratch);
+        let codecId = 0, encLen = length;
         if (codec && encoded) {
-          const n = await codec.compressAsync(body, encoded.subarray(FRAME_HEADER_BYTES));
+          const n = await codec.compressAsync(
+            frame.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + length),
+            encoded.subarray(FRAME_HEADER_BYTES),
+          );
           // Incompressible chunks go raw: never more bytes on the wire than the data itself.
-          if (n < chunk.length) {
+          if (n < length) {
+            encoded.set(frame.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 8), CHECKSUM_OFFSET);
             frame = encoded;
             codecId = codec.id;
             encLen = n;
-            encoded.set(checksum, CHECKSUM_OFFSET);
           }
         }
         encodeHeader({
           type: FrameType.Data,
           codec: codecId,
-          seq: chunk.seq,
+          seq,
           transferId,
-          offset: chunk.offset,
-          rawLen: chunk.length,
+          offset,
+          rawLen: length,
           encLen,
           checksum: frame.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 8),
         }, frame);
-        wireLen.set(chunk.seq, FRAME_HEADER_BYTES + encLen);
+        wireLen.set(seq, FRAME_HEADER_BYTES + encLen);
         const delayMs = this.#bucket?.reserve(Date.now(), FRAME_HEADER_BYTES + encLen) ?? 0;
         if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
         await writeAll(conn, frame.subarray(0, FRAME_HEADER_BYTES + encLen));
@@ -378,10 +335,9 @@ export class OutgoingTransfer {
         const h = decodeHeader(head);
         this.#lastAckMs = Date.now();
         if (h.type === FrameType.Ack) {
-          const before = sched.ackedChunks;
-          sched.ack(stream, h.seq);
-          if (sched.ackedChunks > before) {
-            this.#progress.chunkDone(stream, sched.chunk(h.seq).length, wireLen.get(h.seq) ?? 0);
+          if (sched.ack(stream, h.seq)) {
+            this.#progress.chunkDone(stream, h.rawLen, wireLen.get(h.seq) ?? 0);
+            this.#source.release(h.seq);
           }
         } else if (h.type === FrameType.Nack) {
           this.#progress.retransmits++;

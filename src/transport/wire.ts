@@ -110,3 +110,9 @@ export function writeAllSync(file: Deno.FsFile, buf: Uint8Array): void {
   let sent = 0;
   while (sent < buf.length) sent += file.writeSync(buf.subarray(sent));
 }
+
+export function closeQuietly(c: { close(): void }): void {
+  try {
+    c.close();
+  } catch { /* already closed */ }
+}

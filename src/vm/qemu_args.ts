@@ -1,0 +1,77 @@
+/**
+ * The QEMU command line for a VM spec. Pure. Migration needs the same virtual machine on both sides,
+ * so source and destination get identical arguments except their own sockets and `-incoming defer`.
+ */
+import type { VmSpec } from "./spec.ts";
+
+export type Accelerator = "kvm" | "tcg";
+
+export interface VmSocketPaths {
+  /** QMP control socket (QEMU listens; dwcp connects). */
+  qmpSocket: string;
+  /** The guest's ttyS0 (QEMU listens; whoever wants the console connects). */
+  serialSocket: string;
+}
+
+/**
+ * The virtual hardware, shared by VMs and the accelerator probe: q35, with the host CPU passed through
+ * under KVM and QEMU's fullest emulated CPU under TCG. Both sides of a migration must resolve the same
+ * accelerator (a VM cannot move between KVM and TCG with `-cpu host` on one side).
+ */
+export function machineArgs(accel: Accelerator): string[] {
+  return ["-accel", accel, "-machine", "q35", "-cpu", accel === "kvm" ? "host" : "max"];
+}
+
+/** No default devices, no config files, no display, no monitor: everything dwcp needs is explicit. */
+export const BASE_ARGS: readonly string[] = ["-nodefaults", "-no-user-config", "-display", "none"];
+
+/** QEMU option values separate keys with ','; a literal ',' inside a value is written ',,'. */
+export function escapeOptionValue(value: string): string {
+  return value.replaceAll(",", ",,");
+}
+
+export function qemuArgs(
+  spec: VmSpec,
+  accel: Accelerator,
+  paths: VmSocketPaths,
+  opts: { incoming?: boolean } = {},
+): string[] {
+  const args = [
+    "-name",
+    escapeOptionValue(spec.name),
+    ...machineArgs(accel),
+    "-m",
+    `${spec.memoryMiB}M`,
+    "-smp",
+    String(spec.vcpus),
+    ...BASE_ARGS,
+    "-kernel",
+    spec.kernel,
+  ];
+  if (spec.initrd !== undefined) args.push("-initrd", spec.initrd);
+  args.push("-append", spec.cmdline);
+  spec.disks.forEach((d, i) => {
+    args.push(
+      "-drive",
+      [
+        `id=disk${i}`,
+        `file=${escapeOptionValue(d.path)}`,
+        `format=${d.format}`,
+        "if=virtio",
+        `readonly=${d.readonly ? "on" : "off"}`,
+        // O_DIRECT: no host page cache, so the destination reads what the source wrote (shared storage).
+        "cache=none",
+      ].join(","),
+    );
+  });
+  args.push(
+    "-qmp",
+    `unix:${escapeOptionValue(paths.qmpSocket)},server=on,wait=off`,
+    "-chardev",
+    `socket,id=ser0,path=${escapeOptionValue(paths.serialSocket)},server=on,wait=off`,
+    "-serial",
+    "chardev:ser0",
+  );
+  if (opts.incoming) args.push("-incoming", "defer");
+  return args;
+}
