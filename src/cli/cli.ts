@@ -4,9 +4,12 @@ import { ConfigError, loadConfig } from "../agent/config.ts";
 import { startAgent } from "../agent/agent.ts";
 import { AgentUnreachableError, ApiRequestError } from "./client.ts";
 import { UsageError } from "./common.ts";
+import { demoCommand } from "./demo.ts";
 import { infoCommand } from "./info.ts";
+import { migrateCommand } from "./migrate.ts";
 import { sendCommand } from "./send.ts";
 import { statusCommand } from "./status.ts";
+import { vmCommand } from "./vm.ts";
 
 const USAGE = `dwcp: moves VMs and their state between hosts
 
@@ -17,6 +20,9 @@ commands:
   send FILE --to PEER[:PATH]   send a file to a peer through the local agent
   status [ID]        list transfers, or show one
   info               show the local agent's version and capabilities
+  vm start|list|stop   start, list and stop QEMU guests on the local agent
+  migrate VM --to PEER   live-migrate a guest to a peer and follow it to the end
+  demo               live-migrate a small guest between two local agents and back
 
 Run "dwcp <command> --help" for a command's options.`;
 
@@ -93,6 +99,12 @@ export async function run(args: string[]): Promise<number> {
         return await statusCommand(rest);
       case "info":
         return await infoCommand(rest);
+      case "vm":
+        return await vmCommand(rest);
+      case "migrate":
+        return await migrateCommand(rest);
+      case "demo":
+        return await demoCommand(rest);
       case undefined:
       case "-h":
       case "--help":

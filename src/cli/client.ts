@@ -2,8 +2,11 @@
 import type { TransferRequest } from "../agent/transfers.ts";
 import type { TransferSnapshot } from "../obs/progress.ts";
 import type { OrtStatus, RdmaDevice } from "../../ffi/system.ts";
+import type { MigrationRequest, MigrationSnapshot } from "../migration/service.ts";
+import type { VmInfo } from "../vm/manager.ts";
+import type { VmSpecInput } from "../vm/spec.ts";
 
-export type { TransferRequest, TransferSnapshot };
+export type { MigrationRequest, MigrationSnapshot, TransferRequest, TransferSnapshot, VmInfo, VmSpecInput };
 
 /** What GET /v1/info answers (src/agent/agent.ts). */
 export interface AgentInfo {
@@ -143,11 +146,53 @@ export class ApiClient {
    * Snapshots from the transfer's event stream until the agent ends it (after a terminal state). A broken
    * stream just ends; an aborted signal throws.
    */
-  async *follow(id: string, signal?: AbortSignal): AsyncGenerator<TransferSnapshot> {
-    const res = await this.#request(`/v1/transfers/${encodeURIComponent(id)}/events`, {
-      signal,
-      headers: { accept: "text/event-stream" },
+  follow(id: string, signal?: AbortSignal): AsyncGenerator<TransferSnapshot> {
+    return this.#events(`/v1/transfers/${encodeURIComponent(id)}/events`, signal);
+  }
+
+  async listVms(): Promise<VmInfo[]> {
+    return (await this.#json<{ vms: VmInfo[] }>("/v1/vms")).vms;
+  }
+
+  startVm(spec: VmSpecInput): Promise<VmInfo> {
+    return this.#json("/v1/vms", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(spec),
     });
+  }
+
+  stopVm(name: string): Promise<VmInfo> {
+    return this.#json(`/v1/vms/${encodeURIComponent(name)}`, { method: "DELETE" });
+  }
+
+  async listMigrations(): Promise<MigrationSnapshot[]> {
+    return (await this.#json<{ migrations: MigrationSnapshot[] }>("/v1/migrations")).migrations;
+  }
+
+  startMigration(req: MigrationRequest): Promise<MigrationSnapshot> {
+    return this.#json("/v1/migrations", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(req),
+    });
+  }
+
+  getMigration(id: string): Promise<MigrationSnapshot> {
+    return this.#json(`/v1/migrations/${encodeURIComponent(id)}`);
+  }
+
+  cancelMigration(id: string): Promise<MigrationSnapshot> {
+    return this.#json(`/v1/migrations/${encodeURIComponent(id)}`, { method: "DELETE" });
+  }
+
+  /** Snapshots from the migration's event stream (phase changes and progress ticks); see follow. */
+  followMigration(id: string, signal?: AbortSignal): AsyncGenerator<MigrationSnapshot> {
+    return this.#events(`/v1/migrations/${encodeURIComponent(id)}/events`, signal);
+  }
+
+  async *#events<T>(path: string, signal?: AbortSignal): AsyncGenerator<T> {
+    const res = await this.#request(path, { signal, headers: { accept: "text/event-stream" } });
     try {
       for await (const { data } of readServerSentEvents(res.body!)) yield JSON.parse(data);
     } catch (err) {

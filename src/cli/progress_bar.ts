@@ -71,16 +71,27 @@ export class ProgressReporter {
   ) {}
 
   update(s: TransferSnapshot): void {
+    this.draw((columns) => progressLine(s, columns));
+  }
+
+  /** Shows a status line built for the terminal's width (80 when not on a terminal); as update. */
+  draw(line: (columns: number) => string): void {
     if (this.opts.tty) {
       const columns = this.opts.columns ?? 80;
-      this.write(`\r${progressLine(s, columns).slice(0, columns - 1)}\x1b[K`);
+      this.write(`\r${line(columns).slice(0, columns - 1)}\x1b[K`);
       this.#drawn = true;
       return;
     }
     const t = (this.opts.now ?? Date.now)();
     if (t - this.#lastMs < (this.opts.everyMs ?? 2000)) return;
     this.#lastMs = t;
-    this.write(progressLine(s) + "\n");
+    this.write(line(80) + "\n");
+  }
+
+  /** Prints a line of its own (never throttled); on a terminal it takes the status line's place. */
+  print(text: string): void {
+    this.write(this.opts.tty && this.#drawn ? `\r\x1b[K${text}\n` : `${text}\n`);
+    this.#drawn = false;
   }
 
   /** Ends the redrawn line, so what follows starts on a fresh one. */

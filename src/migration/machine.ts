@@ -119,7 +119,8 @@ function rollback(s: MigrationState, nowMs: number, code: string, message: strin
   if (s.phase === "rollback" || isTerminal(s.phase)) return { state: s, actions: [] };
   const state = { ...enter(s, "rollback", nowMs), failure: { code, message, cancelled } };
   const actions: MigrationAction[] = [{ type: "report", phase: "rollback", message }];
-  if (!s.sourceCompleted && s.phase !== "prepare") actions.push({ type: "cancelSource" });
+  // Even in prepare: startSource may be under way. Cancelling a migration that never started is harmless.
+  if (!s.sourceCompleted) actions.push({ type: "cancelSource" });
   actions.push({ type: "abortDestination" });
   return { state, actions };
 }
@@ -183,11 +184,16 @@ export function step(s: MigrationState, ev: MigrationEvent, nowMs: number, polic
 }
 
 function onProgress(s: MigrationState, p: SourceProgress, nowMs: number, policy: MigrationPolicy): Step {
+  // Once QEMU has handed over the whole state, that stays true whatever else happens (a rollback under
+  // way included): the destination may hold a runnable guest from then on.
+  if (p.status === "completed" && (s.phase === "rollback" || s.sourceCompleted)) {
+    return { state: { ...s, sourceCompleted: true }, actions: [] };
+  }
   if (s.phase === "precopy" || s.phase === "switchover") {
-    if (p.status === "failed" || p.status === "cancelled") {
+    if ((p.status === "failed" || p.status === "cancelled") && !s.sourceCompleted) {
       // QEMU gave up before it handed over the whole state: the destination cannot run the guest.
       return rollback(
-        { ...s, sourceCompleted: false },
+        s,
         nowMs,
         "source_failed",
         `the source QEMU migration ${p.status}`,

@@ -11,13 +11,16 @@ export class ChunkDigests {
     this.#seen = new Uint8Array(totalChunks);
   }
 
-  /** Records chunk seq's 8-byte checksum; repeated records of the same chunk count once. */
-  record(seq: number, checksum: Uint8Array): void {
-    this.#sums.set(checksum, seq * 8);
-    if (this.#seen[seq] === 0) {
-      this.#seen[seq] = 1;
-      this.#count++;
+  /** Records chunk seq's 8-byte checksum; true the first time, repeated records count once. */
+  record(seq: number, checksum: Uint8Array): boolean {
+    if (!(seq >= 0 && seq < this.totalChunks) || checksum.length !== 8) {
+      throw new RangeError(`chunk ${seq} / checksum of ${checksum.length} bytes is outside the table`);
     }
+    this.#sums.set(checksum, seq * 8);
+    if (this.#seen[seq] === 1) return false;
+    this.#seen[seq] = 1;
+    this.#count++;
+    return true;
   }
 
   get recorded(): number {

@@ -19,6 +19,8 @@ export class RefusedError extends Error {
   }
 }
 
+export type Ack = (fresh: boolean) => Promise<void>;
+
 export interface ChunkSink {
   /** The resolved destination shown to both ends. */
   readonly label: string;
@@ -28,9 +30,12 @@ export interface ChunkSink {
   check(h: FrameHeader): void;
   /**
    * Takes a verified chunk (data is valid only during the call) and calls ack once the chunk is stored
-   * or delivered; the returned promise settles when the caller may read the next frame.
+   * or delivered, with fresh = false for a resend of a chunk it already had; the returned promise
+   * settles when the caller may read the next frame. Rejects once the sink has failed.
    */
-  accept(h: FrameHeader, data: Uint8Array, ack: () => Promise<void>): Promise<void>;
+  accept(h: FrameHeader, data: Uint8Array, ack: Ack): Promise<void>;
+  /** Settles with the sink's failure, if it ever fails on its own (a stream's consumer went away). */
+  readonly failed: Promise<RefusedError>;
   /** Everything arrived: verify against the sender's commit and make it final. */
   commit(msg: CommitMessage): Promise<void>;
   /** Drop whatever was received. Safe to call more than once. */
@@ -78,12 +83,14 @@ export class FileSink implements ChunkSink {
     }
   }
 
-  async accept(h: FrameHeader, data: Uint8Array, ack: () => Promise<void>): Promise<void> {
+  /** A file fails only through its stream readers, which report it themselves. */
+  readonly failed = new Promise<RefusedError>(() => {});
+
+  async accept(h: FrameHeader, data: Uint8Array, ack: Ack): Promise<void> {
     // Synchronous: into the page cache a write is a memory copy, cheaper than a hop to a thread.
     this.#file.seekSync(h.offset, Deno.SeekMode.Start);
     writeAllSync(this.#file, data);
-    this.#digests.record(h.seq, h.checksum);
-    await ack();
+    await ack(this.#digests.record(h.seq, h.checksum));
   }
 
   async commit(msg: CommitMessage): Promise<void> {
@@ -112,12 +119,14 @@ export class FileSink implements ChunkSink {
 
 export class StreamSink implements ChunkSink {
   readonly sizeBytes = undefined;
-  readonly #waiting = new Map<number, { data: Uint8Array; checksum: Uint8Array; ack: () => Promise<void> }>();
+  readonly #waiting = new Map<number, { data: Uint8Array; checksum: Uint8Array; ack: Ack }>();
   readonly #arrived = new Signal();
   readonly #digest = new RunningDigest();
   #next = 0;
   #deliveredBytes = 0;
-  #failure?: Error;
+  #failure?: RefusedError;
+  readonly #failed = Promise.withResolvers<RefusedError>();
+  readonly failed = this.#failed.promise;
   #stopped = false;
   readonly #delivering: Promise<void>;
 
@@ -130,9 +139,15 @@ export class StreamSink implements ChunkSink {
     if (h.rawLen === 0) throw new FrameError(`stream chunk ${h.seq} is empty`);
   }
 
-  accept(h: FrameHeader, data: Uint8Array, ack: () => Promise<void>): Promise<void> {
+  accept(h: FrameHeader, data: Uint8Array, ack: Ack): Promise<void> {
     if (this.#failure) return Promise.reject(this.#failure);
-    if (h.seq < this.#next || this.#waiting.has(h.seq)) return ack(); // resent after a lost ack
+    if (h.seq < this.#next) return ack(false); // delivered already; its ack was lost with its stream
+    const waiting = this.#waiting.get(h.seq);
+    if (waiting) {
+      // Resent because its first stream died: acknowledge on this one, once delivered.
+      waiting.ack = ack;
+      return Promise.resolve();
+    }
     // The stream's buffer is reused for its next frame, so an early chunk is copied to wait its turn.
     this.#waiting.set(h.seq, { data: data.slice(), checksum: h.checksum.slice(), ack });
     this.#arrived.notify();
@@ -154,6 +169,7 @@ export class StreamSink implements ChunkSink {
           "sink_failed",
           `the stream's consumer stopped reading: ${(err as Error).message}`,
         );
+        this.#failed.resolve(this.#failure);
         this.#arrived.notify();
         return;
       }
@@ -162,12 +178,16 @@ export class StreamSink implements ChunkSink {
       this.#deliveredBytes += chunk.data.length;
       this.#next++;
       this.#arrived.notify();
-      await chunk.ack().catch(() => {}); // a stream lost after delivery: its sender resends, and we re-ack
+      await chunk.ack(true).catch(() => {}); // a stream lost after delivery: its sender resends, we re-ack
     }
   }
 
   async commit(msg: CommitMessage): Promise<void> {
-    while (this.#next < msg.chunks && !this.#failure && !this.#stopped) await this.#arrived.wait();
+    // Chunks are acknowledged only once delivered, so a sender commits after the last delivery; still,
+    // a commit that overtakes deliveries in progress waits for them, but never for a chunk not here.
+    while (this.#next < msg.chunks && this.#waiting.has(this.#next) && !this.#failure && !this.#stopped) {
+      await this.#arrived.wait();
+    }
     if (this.#failure) throw this.#failure;
     if (this.#next !== msg.chunks || msg.bytes !== this.#deliveredBytes) {
       throw new RefusedError(

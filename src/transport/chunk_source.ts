@@ -120,6 +120,7 @@ export class StreamSource implements ChunkSource {
         if (this.#closed) return;
         throw new SourceError(`reading the stream: ${(err as Error).message}`);
       }
+      if (this.#closed) return; // closed while the read was pending: not the stream's end
       if (n === null) break;
       const checksum = frame.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 8);
       xxh3Into(frame.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + n), checksum);
@@ -153,6 +154,7 @@ export class StreamSource implements ChunkSource {
 
   close(): void {
     this.#closed = true;
+    closeQuietly(this.input); // unblocks a pending read
     this.#released.notify();
   }
 }

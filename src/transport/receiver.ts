@@ -96,11 +96,25 @@ function validateOpen(m: OpenMessage): void {
   }
 }
 
+/** How long a receiver that reported a failure waits for the sender to close before it closes. */
+const SENDER_HANGUP_WAIT_MS = 2000;
+
+/** Resolves when the peer closes conn (anything it still sends is dropped), or after waitMs. */
+async function hangUp(conn: Duplex, waitMs: number): Promise<void> {
+  const timer = setTimeout(() => closeQuietly(conn), waitMs);
+  const sink = new Uint8Array(4096);
+  try {
+    while ((await conn.read(sink)) !== null) { /* drain */ }
+  } catch { /* closed */ }
+  clearTimeout(timer);
+}
+
 class IncomingTransfer {
   readonly transferIdBytes: Uint8Array;
   readonly streams = new Set<Duplex>();
   readonly progress: TransferProgress;
   #finished = false;
+  readonly #ended = Promise.withResolvers<void>();
 
   constructor(readonly open: OpenMessage, peer: string, readonly sink: ChunkSink) {
     this.transferIdBytes = uuidToBytes(open.transferId);
@@ -164,11 +178,17 @@ class IncomingTransfer {
           await reply(FrameType.Nack, h);
           continue;
         }
-        const { seq, offset, rawLen } = h;
-        await this.sink.accept(h, data, () => {
-          this.progress.chunkDone(stream, rawLen, FRAME_HEADER_BYTES + h.encLen);
-          return reply(FrameType.Ack, { seq, offset, rawLen });
-        });
+        const { seq, offset, rawLen, encLen } = h;
+        try {
+          await this.sink.accept(h, data, (fresh) => {
+            if (fresh) this.progress.chunkDone(stream, rawLen, FRAME_HEADER_BYTES + encLen);
+            return reply(FrameType.Ack, { seq, offset, rawLen });
+          });
+        } catch {
+          // The sink failed: the control connection tells the sender why; keep the stream open till then.
+          await this.#ended.promise;
+          return;
+        }
       }
     } finally {
       for (const c of codecs.values()) c.close();
@@ -192,6 +212,7 @@ class IncomingTransfer {
   async commit(msg: CommitMessage): Promise<void> {
     await this.sink.commit(msg);
     this.#finished = true;
+    this.#ended.resolve();
     this.progress.setState("completed");
   }
 
@@ -199,6 +220,7 @@ class IncomingTransfer {
   async abort(state: "failed" | "cancelled", error?: { code: string; message: string }): Promise<void> {
     if (this.#finished) return;
     this.#finished = true;
+    this.#ended.resolve();
     for (const s of this.streams) closeQuietly(s);
     await this.sink.abort();
     this.progress.setState(state, error);
@@ -308,8 +330,13 @@ export class DataServer {
           windowChunks: this.opts.windowChunks,
         } satisfies AcceptedMessage,
       );
+      const sinkFailed = t.sink.failed.then((err) => Promise.reject(err));
+      sinkFailed.catch(() => {}); // raced below; unobserved when the sink never fails
       while (!t.finished) {
-        const msg = await receiveMessage<CommitMessage | { type: "cancel"; reason: string }>(conn);
+        const msg = await Promise.race([
+          receiveMessage<CommitMessage | { type: "cancel"; reason: string }>(conn),
+          sinkFailed,
+        ]);
         if (msg.type === "commit") {
           t.progress.setState("committing");
           await t.commit(msg);
@@ -326,11 +353,17 @@ export class DataServer {
     } catch (err) {
       const closed = err instanceof ConnectionClosed || err instanceof Deno.errors.BadResource ||
         err instanceof Deno.errors.ConnectionReset;
-      await t.abort("failed", {
+      const error = {
         code: closed ? "peer_closed" : (err as RefusedError).code ?? "receive_failed",
         message: closed ? "the sender went away before committing" : (err as Error).message,
-      });
-      if (!closed) throw err;
+      };
+      if (!closed) {
+        // Tell the sender first and let it hang up: once the streams close it would only see them go.
+        await sendMessage(conn, { type: "error", ...error }).catch(() => {});
+        await hangUp(conn, SENDER_HANGUP_WAIT_MS);
+      }
+      await t.abort("failed", error);
+      this.opts.log("incoming transfer failed", { transfer: open.transferId, ...error });
     } finally {
       this.#active.delete(open.transferId);
     }

@@ -89,6 +89,8 @@ const MAX_SOCKET_PATH_BYTES = 107;
 const MAX_STOPPED_KEPT = 64;
 /** Lines of QEMU output put in an error message (all of the bounded capture goes in details). */
 const MESSAGE_TAIL_CHARS = 2000;
+/** After a QMP failure during start, how long QEMU gets to exit so its own message can be reported. */
+const EXIT_GRACE_MS = 5000;
 /** QMP events after which the VM's run state is read again. */
 const STATE_EVENTS = new Set(["STOP", "RESUME", "MIGRATION", "SUSPEND", "WAKEUP", "GUEST_PANICKED"]);
 
@@ -292,12 +294,21 @@ export class VmManager {
         signal: abort.signal,
       });
       connecting.catch(() => {});
+      // A QMP failure while QEMU is exiting is explained best by QEMU's exit and output.
+      const preferExit = async (err: unknown, what: string): Promise<never> => {
+        if (err instanceof VmError) throw err;
+        await waitOrTimeout(exitedEarly, EXIT_GRACE_MS);
+        throw this.#startError(
+          spec.name,
+          `${what}: ${(err as Error).message}; QEMU output: ${this.#tail(record)}`,
+          { args },
+        );
+      };
       let qmp: QmpClient;
       try {
         qmp = await Promise.race([connecting, exitedEarly]);
       } catch (err) {
-        if (err instanceof VmError) throw err;
-        throw this.#startError(spec.name, `${(err as Error).message}; QEMU output: ${this.#tail(record)}`);
+        return await preferExit(err, "connecting to QMP failed");
       }
       record.qmp = qmp;
       qmp.on("*", (ev) => {
@@ -311,10 +322,7 @@ export class VmManager {
       try {
         status = (await Promise.race([qmp.queryStatus(), exitedEarly])).status;
       } catch (err) {
-        if (err instanceof VmError) throw err;
-        // The connection may have closed because QEMU is exiting: prefer its exit and output.
-        await waitOrTimeout(exitedEarly, 2000);
-        throw this.#startError(spec.name, `query-status failed: ${(err as Error).message}`);
+        return await preferExit(err, "query-status failed");
       }
       const expected = incoming ? "inmigrate" : "running";
       if (status !== expected) {

@@ -5,6 +5,9 @@ import { loadConfig } from "../../src/agent/config.ts";
 import { Roots } from "../../src/agent/roots.ts";
 import { TransferService } from "../../src/agent/transfers.ts";
 import { createApp } from "../../src/api/app.ts";
+import { MigrationService } from "../../src/migration/service.ts";
+import { silentLogger } from "../../src/obs/log.ts";
+import { VmManager } from "../../src/vm/manager.ts";
 import { MAX_BODY_BYTES } from "../../src/api/validate.ts";
 
 const TOKEN = "test-token-0123456789";
@@ -28,11 +31,25 @@ async function withApp(body: (env: Env) => Promise<void>, token?: string): Promi
     );
     const roots = new Roots(config.roots);
     await roots.ensure();
-    const transfers = new TransferService(config, roots, {
-      agentId: "test-agent",
-      capabilities: { codecs: ["none"], rdma: false },
+    const identity = { agentId: "test-agent", capabilities: { codecs: ["none"], rdma: false } };
+    const transfers = new TransferService(config, roots, identity);
+    const vms = new VmManager({ runDir: join(dir, "run") });
+    const migrations = new MigrationService({
+      vms,
+      identity,
+      secret: config.secret,
+      resolvePeer: (peer) => transfers.resolvePeer(peer),
+      defaults: config.transfer,
+      log: silentLogger,
     });
-    const app = createApp({ transfers, token, info: () => ({ agentId: "test-agent", version: "test" }) });
+    const app = createApp({
+      transfers,
+      vms,
+      migrations,
+      roots,
+      token,
+      info: () => ({ agentId: "test-agent", version: "test" }),
+    });
     await body({ app, root });
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -12,6 +12,8 @@ export interface AgentOptions {
   id: string;
   /** Root directory for files; a fresh temporary one when omitted. */
   root?: string;
+  /** More roots (read-only use in tests: the guest image cache, say). */
+  extraRoots?: string[];
   secret?: string;
   /** Transfer settings layered over the defaults through a config file. */
   transfer?: Record<string, unknown>;
@@ -101,7 +103,8 @@ export async function startAgent(opts: AgentOptions): Promise<TestAgent> {
   );
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-all", MAIN, "agent", "--config", config, "--id", opts.id, "--api", "127.0.0.1:0"]
-      .concat(["--data", "127.0.0.1:0", "--state-dir", stateDir, "--root", root]),
+      .concat(["--data", "127.0.0.1:0", "--state-dir", stateDir, "--root", root])
+      .concat((opts.extraRoots ?? []).flatMap((r) => ["--root", r])),
     env: { DWCP_SECRET: opts.secret ?? TEST_SECRET, NO_COLOR: "1", ...opts.env },
     stdout: "piped",
     stderr: "piped",

@@ -290,8 +290,12 @@ export class HeartbeatMonitor {
     const lines = (this.#partial + chunk.text).split("\n");
     this.#partial = lines.pop() ?? "";
     if (this.#partial.length > 65_536) this.#partial = this.#partial.slice(-65_536);
-    for (const raw of lines) this.#line(raw.replace(/\r/g, ""), chunk.at);
-    this.#check();
+    // Waiters are checked after every line: a wait for counter n sees heartbeat n even if a later
+    // line in the same chunk changes the state again.
+    for (const raw of lines) {
+      this.#line(raw.replace(/\r/g, ""), chunk.at);
+      this.#check();
+    }
   }
 
   #line(line: string, at: number): void {

@@ -195,3 +195,150 @@ Deno.test("guest image boots, heartbeats, and the monitor follows it across a QE
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
+
+// --- HeartbeatMonitor against scripted consoles (no QEMU) ---------------------------------------------
+
+const ID = "0b7c6a3e-1d2f-4c5b-8a9e-0123456789ab";
+
+/** A unix socket server standing in for a QEMU console: accepts one client and writes to it. */
+class FakeConsole {
+  #conn?: Deno.Conn;
+  readonly accepted: Promise<Deno.Conn>;
+
+  constructor(readonly listener: Deno.Listener, readonly path: string) {
+    this.accepted = listener.accept().then((c) => (this.#conn = c));
+  }
+
+  static listen(path: string): FakeConsole {
+    return new FakeConsole(Deno.listen({ transport: "unix", path }), path);
+  }
+
+  async write(text: string): Promise<void> {
+    const conn = await this.accepted;
+    await conn.write(new TextEncoder().encode(text));
+  }
+
+  close(): void {
+    this.listener.close();
+    try {
+      this.#conn?.close();
+    } catch { /* already closed */ }
+  }
+}
+
+async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "dwcp-hb-" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+Deno.test("monitor: a line cut by the migration continues on the destination's console", async () => {
+  await withDir(async (dir) => {
+    const src = FakeConsole.listen(`${dir}/src`);
+    const mon = await HeartbeatMonitor.follow(src.path);
+    let dst: FakeConsole | undefined;
+    try {
+      await src.write(
+        `\x1b[2Jdwcp-guest ready boot=${ID} mem_mib=8\r\nhb ${ID} 1 0.10\r\nhb ${ID} 2 0.12\r\n`,
+      );
+      assert.equal((await mon.waitForReady()).memMib, 8);
+      await mon.waitForCounter(2);
+      // The source stops half-way through heartbeat 3.
+      await src.write(`hb ${ID} 3 0.`);
+      // The destination's socket does not exist yet: switchTo retries until it does.
+      const switching = mon.switchTo(`${dir}/dst`);
+      await new Promise((r) => setTimeout(r, 100));
+      dst = FakeConsole.listen(`${dir}/dst`);
+      await switching;
+      assert.equal(mon.switching, true);
+      await dst.write(`14\r\nhb ${ID} 4 0.16\r\n`);
+      const hb = await mon.waitForCounter(4);
+      assert.equal(hb.segment, 1);
+      assert.deepEqual(mon.heartbeats.map((h) => [h.counter, h.uptime, h.segment]), [
+        [1, 0.1, 0],
+        [2, 0.12, 0],
+        [3, 0.14, 1],
+        [4, 0.16, 1],
+      ]);
+      assert.equal(mon.path, dst.path);
+      assert.equal(mon.switches.length, 1);
+      assert.deepEqual([mon.switches[0].before, mon.switches[0].after], [2, 3]);
+      assert.equal(mon.wentBackwards, false);
+      assert.equal(mon.bootIdChanged, false);
+      assert.equal(mon.skipped, 0);
+    } finally {
+      await mon.close();
+      src.close();
+      dst?.close();
+    }
+  });
+});
+
+Deno.test("monitor: a destination that closes before printing leaves it on the source", async () => {
+  await withDir(async (dir) => {
+    const src = FakeConsole.listen(`${dir}/src`);
+    const dst = FakeConsole.listen(`${dir}/dst`);
+    const mon = await HeartbeatMonitor.follow(src.path);
+    try {
+      await src.write(`hb ${ID} 1 0.1\n`);
+      await mon.waitForCounter(1);
+      await mon.switchTo(dst.path);
+      (await dst.accepted).close(); // the migration failed and the destination QEMU quit
+      while (mon.switching) await new Promise((r) => setTimeout(r, 10));
+      await src.write(`hb ${ID} 2 0.2\n`);
+      await mon.waitForCounter(2);
+      assert.equal(mon.path, src.path);
+      assert.equal(mon.switches.length, 0);
+      assert.match(mon.tail, /closed before output/);
+    } finally {
+      await mon.close();
+      src.close();
+      dst.close();
+    }
+  });
+});
+
+Deno.test("monitor: flags a counter going backwards, a new boot id, skipped beats, and a panic", async () => {
+  await withDir(async (dir) => {
+    const con = FakeConsole.listen(`${dir}/con`);
+    const mon = await HeartbeatMonitor.follow(con.path);
+    try {
+      const other = ID.replace("0b7c", "ffff");
+      await con.write(`hb ${ID} 1 0.1\nhb ${ID} 2 0.2\nhb ${ID} 5 0.3\nhb ${other} 1 0.1\n`);
+      await mon.waitForCounter(5);
+      while (mon.count < 4) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(mon.skipped, 2);
+      assert.equal(mon.wentBackwards, true);
+      assert.equal(mon.bootIdChanged, true);
+      assert.equal(mon.bootId, ID);
+      const waiting = mon.waitForCounter(100);
+      await con.write(
+        "dwcp-guest error: filled only 3 of 8 MiB\nKernel panic - not syncing: Attempted to kill init!\n",
+      );
+      await assert.rejects(waiting, /guest panicked: Kernel panic - not syncing/);
+      assert.deepEqual(mon.guestErrors, ["filled only 3 of 8 MiB"]);
+    } finally {
+      await mon.close();
+      con.close();
+    }
+  });
+});
+
+Deno.test("monitor: waits fail with the console tail when the console closes", async () => {
+  await withDir(async (dir) => {
+    const con = FakeConsole.listen(`${dir}/con`);
+    const mon = await HeartbeatMonitor.follow(con.path);
+    try {
+      const waiting = mon.waitForReady();
+      await con.write("Booting the kernel.\n");
+      con.close();
+      await assert.rejects(waiting, /console .* closed[\s\S]*Booting the kernel/);
+      assert.equal(mon.closed, true);
+    } finally {
+      await mon.close();
+    }
+  });
+});

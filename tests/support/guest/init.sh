@@ -46,34 +46,40 @@ read -r BOOT </proc/sys/kernel/random/boot_id
 err() { echo "dwcp-guest error: $*"; }
 
 # --- the held memory ------------------------------------------------------------------------------
-# /hold is a tmpfs, so its files live in guest RAM. Each 1 MiB chunk mixes kernel symbol text, slices
-# of the busybox binary and fresh random bytes: real, non-zero data that compresses somewhat.
+# /hold is a tmpfs, so its files live in guest RAM. Each 1 MiB chunk mixes fresh random bytes (1/8),
+# kernel symbol text (1/2) and a slice of the busybox binary: real, non-zero data that compresses
+# somewhat.
 mount -t tmpfs -o size=$((MEM + 8))m,mode=0700 tmpfs /hold || err "cannot mount tmpfs /hold"
 
-# 1 MiB of text (256 blocks of 4 KiB) and a 2 MiB pool the dirtier copies from.
+# 1 MiB of text (256 blocks of 4 KiB) and a 2 MiB pool the dirtier copies from. Copies use dd and
+# cat: busybox's head and wc go byte by byte, which is slow under TCG.
 {
-  head -c 1048576 /proc/kallsyms
-  yes "dwcp-guest filler text $BOOT" | head -c 1048576
-} | head -c 1048576 >/tmp/text
+  cat /proc/kallsyms
+  yes "dwcp-guest filler text $BOOT"
+} | dd of=/tmp/text bs=4096 count=256 iflag=fullblock 2>/dev/null
 {
   cat /tmp/text
-  head -c 786432 /bin/busybox
-  head -c 262144 /dev/urandom
+  dd if=/bin/busybox bs=4096 count=192 2>/dev/null
+  dd if=/dev/urandom bs=262144 count=1 2>/dev/null
 } >/tmp/pool
 
-BBBLOCKS=$(($(wc -c </bin/busybox) / 4096))
-filled=0
+# Each chunk starts with a random prefix whose length differs for every chunk (1..4095 bytes past
+# 124 KiB, distinct for 4095 chunks), so the text and busybox slices after it sit at a different
+# offset within their 4 KiB pages in every chunk: no held page is a copy of another (up to 4095 MiB).
+BBBLOCKS=$(($(stat -c %s /bin/busybox) / 4096))
 i=0
 while [ "$i" -lt "$MEM" ]; do
+  p=$(((i * 2053) % 4095 + 1))
   {
+    dd if=/dev/urandom bs=$((126976 + p)) count=1 2>/dev/null
     dd if=/tmp/text bs=4096 skip=$(((i * 7) % 128)) count=128 2>/dev/null
-    dd if=/bin/busybox bs=4096 skip=$(((i * 13) % (BBBLOCKS - 96))) count=96 2>/dev/null
-    head -c 131072 /dev/urandom
-  } >/hold/chunk.$i
-  [ "$(wc -c </hold/chunk.$i)" -eq 1048576 ] || break
+    dd if=/bin/busybox bs=$((397312 - p)) skip=$((((i * 13) % (BBBLOCKS - 98)) * 4096)) count=1 \
+      iflag=skip_bytes 2>/dev/null
+  } >/hold/chunk.$i || break
   i=$((i + 1))
-  filled=$i
 done
+# Whole MiB chunks actually held (a full tmpfs leaves a short last chunk).
+filled=$(ls -l /hold | grep -c ' 1048576 ')
 if [ "$filled" -lt "$MEM" ]; then
   err "filled only $filled of $MEM MiB"
 fi
@@ -83,7 +89,7 @@ echo "dwcp-guest ready boot=$BOOT mem_mib=$filled"
 # --- the dirtier -----------------------------------------------------------------------------------
 # Rewrites DIRTY MiB/s spread over the held chunks, walking through them 4 KiB block by block, with
 # data copied from a rotating offset in /tmp/pool so the new contents differ from the old. It paces
-# itself on /proc/uptime: it writes what it owes, then naps.
+# itself on /proc/uptime: whenever it owes 100 ms worth of writes it writes them, else it naps.
 
 # Guest uptime in centiseconds, in $CS (no subshell).
 uptime_cs() {
@@ -94,6 +100,10 @@ uptime_cs() {
 
 dirtier() {
   per_sec=$((DIRTY * 256))
+  # Blocks per dd: 100 ms worth, at most one chunk (each dd is a fork, which is dear under TCG).
+  batch=$((per_sec / 10))
+  [ "$batch" -gt 256 ] && batch=256
+  [ "$batch" -lt 1 ] && batch=1
   total=$((filled * 256))
   pos=0
   src=0
@@ -108,11 +118,11 @@ dirtier() {
       written=$((written + owed - per_sec))
       owed=$per_sec
     fi
-    if [ "$owed" -le 0 ]; then
+    if [ "$owed" -lt "$batch" ]; then
       usleep 20000
       continue
     fi
-    [ "$owed" -gt 256 ] && owed=256
+    owed=$batch
     blk=$((pos % 256))
     [ "$owed" -gt $((256 - blk)) ] && owed=$((256 - blk))
     dd if=/tmp/pool of=/hold/chunk.$((pos / 256)) bs=4096 skip=$src seek=$blk count=$owed \

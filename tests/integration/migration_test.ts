@@ -1,0 +1,241 @@
+/**
+ * Live migration of real QEMU guests (TCG) between two real agent processes: the guest's heartbeat
+ * proves it is the same boot and never went backwards; failures and cancels leave it running on the
+ * source and nothing on the destination.
+ */
+import assert from "node:assert/strict";
+import { dirname, join } from "node:path";
+import { startAgent, type TestAgent } from "../support/agents.ts";
+import { guestImage } from "../support/guest_image.ts";
+import { HeartbeatMonitor } from "../support/heartbeat.ts";
+
+const opts = { sanitizeResources: false, sanitizeOps: false };
+
+type Migration = Record<string, unknown> & {
+  id: string;
+  phase: string;
+  bytesSent: number;
+  error?: { code: string; message: string };
+  events: { phase: string; message: string }[];
+};
+type Vm = { name: string; state: string; serialSocket: string };
+
+interface Pair {
+  a: TestAgent;
+  b: TestAgent;
+  image: { kernel: string; initrd: string };
+}
+
+async function withAgents(fn: (p: Pair) => Promise<void>): Promise<void> {
+  const image = await guestImage();
+  const extraRoots = [dirname(image.kernel)];
+  const a = await startAgent({ id: "a", extraRoots });
+  const b = await startAgent({ id: "b", extraRoots });
+  try {
+    await fn({ a, b, image });
+  } finally {
+    await a.stop();
+    await b.stop();
+  }
+}
+
+async function startGuest(
+  agent: TestAgent,
+  image: Pair["image"],
+  name: string,
+  cmdline: string,
+): Promise<Vm> {
+  const res = await agent.json<Vm>("/v1/vms", {
+    method: "POST",
+    body: JSON.stringify({
+      name,
+      memoryMiB: 256,
+      vcpus: 1,
+      kernel: image.kernel,
+      initrd: image.initrd,
+      cmdline,
+    }),
+  });
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+  return res.body;
+}
+
+async function migrate(
+  from: TestAgent,
+  body: Record<string, unknown>,
+): Promise<{ status: number; body: Migration }> {
+  return await from.json<Migration>("/v1/migrations", { method: "POST", body: JSON.stringify(body) });
+}
+
+async function until(agent: TestAgent, id: string, ok: (m: Migration) => boolean): Promise<Migration> {
+  while (true) {
+    const { body } = await agent.json<Migration>(`/v1/migrations/${id}`);
+    if (ok(body)) return body;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+const ended = (m: Migration) => ["completed", "failed", "cancelled"].includes(m.phase);
+
+async function vmsOf(agent: TestAgent): Promise<Vm[]> {
+  return (await agent.json<{ vms: Vm[] }>("/v1/vms")).body.vms.filter((v) => v.state !== "stopped");
+}
+
+/** The VMs an agent runs, once they match: a completed migration quits the source right after. */
+async function untilVms(agent: TestAgent, expected: [string, string][]): Promise<void> {
+  while (true) {
+    const now = (await vmsOf(agent)).map((v) => [v.name, v.state]);
+    if (JSON.stringify(now) === JSON.stringify(expected)) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+function serialOf(agent: TestAgent, vm: string): string {
+  return join(agent.stateDir, "run", vm, "serial.sock");
+}
+
+Deno.test({ name: "a 256 MiB guest migrates A→B and back, the same boot throughout", ...opts }, async () => {
+  await withAgents(async ({ a, b, image }) => {
+    const vm = await startGuest(a, image, "g1", "console=ttyS0 quiet dwcp.mem_mib=96 dwcp.dirty_mibps=2");
+    const hb = await HeartbeatMonitor.follow(vm.serialSocket);
+    try {
+      await hb.waitForReady();
+      for (const [from, to] of [[a, b], [b, a]]) {
+        const before = hb.lastCounter;
+        const res = await migrate(from, { vm: "g1", peer: to.dataAddr });
+        assert.equal(res.status, 201, JSON.stringify(res.body));
+        // The destination VM exists once the migration is accepted; its console speaks once the guest runs.
+        const switching = hb.switchTo(serialOf(to, "g1"));
+        const done = await until(from, res.body.id, ended);
+        assert.equal(done.phase, "completed", JSON.stringify(done.error));
+        assert.ok(done.bytesSent > 96 * 1024 * 1024, `the guest's memory crossed (${done.bytesSent} bytes)`);
+        assert.ok(typeof done.downtimeMs === "number");
+        await switching;
+        await untilVms(from, []);
+        await untilVms(to, [["g1", "running"]]);
+        // The source is paused for good: only the guest on the destination can move the counter on.
+        await hb.waitForCounter(Math.max(before, hb.lastCounter) + 20);
+        assert.equal(hb.switching, false);
+      }
+      assert.equal(hb.wentBackwards, false, hb.summary());
+      assert.equal(hb.bootIdChanged, false, hb.summary());
+      assert.equal(hb.switches.length, 2, hb.summary());
+    } finally {
+      await hb.close();
+    }
+  });
+});
+
+Deno.test(
+  { name: "the destination agent dies mid-migration: the guest keeps running on A", ...opts },
+  async () => {
+    await withAgents(async ({ a, b, image }) => {
+      const vm = await startGuest(a, image, "g2", "console=ttyS0 quiet dwcp.mem_mib=96");
+      const hb = await HeartbeatMonitor.follow(vm.serialSocket);
+      try {
+        await hb.waitForReady();
+        // A bandwidth cap keeps the copy going long enough to kill the destination in the middle of it.
+        const res = await migrate(a, { vm: "g2", peer: b.dataAddr, maxBytesPerSec: 16 * 1024 * 1024 });
+        assert.equal(res.status, 201, JSON.stringify(res.body));
+        await until(a, res.body.id, (m) => m.bytesSent > 16 * 1024 * 1024 || ended(m));
+        await b.kill();
+        const done = await until(a, res.body.id, ended);
+        assert.equal(done.phase, "failed");
+        assert.match(done.error!.message, /runs on the source/);
+        const after = hb.lastCounter;
+        await hb.waitForCounter(after + 20);
+        assert.deepEqual((await vmsOf(a)).map((v) => [v.name, v.state]), [["g2", "running"]]);
+        assert.equal(hb.bootIdChanged, false);
+        assert.equal(hb.wentBackwards, false);
+      } finally {
+        await hb.close();
+      }
+    });
+  },
+);
+
+Deno.test({ name: "a cancelled migration leaves the guest on A and nothing on B", ...opts }, async () => {
+  await withAgents(async ({ a, b, image }) => {
+    const vm = await startGuest(a, image, "g3", "console=ttyS0 quiet dwcp.mem_mib=96");
+    const hb = await HeartbeatMonitor.follow(vm.serialSocket);
+    try {
+      await hb.waitForReady();
+      const res = await migrate(a, { vm: "g3", peer: b.dataAddr, maxBytesPerSec: 16 * 1024 * 1024 });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      await until(a, res.body.id, (m) => m.bytesSent > 8 * 1024 * 1024 || ended(m));
+      const del = await a.json<Migration>(`/v1/migrations/${res.body.id}`, { method: "DELETE" });
+      assert.equal(del.status, 200, JSON.stringify(del.body));
+      const done = await until(a, res.body.id, ended);
+      assert.equal(done.phase, "cancelled", JSON.stringify(done));
+      await hb.waitForCounter(hb.lastCounter + 20);
+      assert.deepEqual((await vmsOf(a)).map((v) => [v.name, v.state]), [["g3", "running"]]);
+      assert.deepEqual(await vmsOf(b), []);
+    } finally {
+      await hb.close();
+    }
+  });
+});
+
+Deno.test({
+  name: "a guest dirtying memory faster than the link converges by throttling, or aborts cleanly",
+  ...opts,
+}, async () => {
+  await withAgents(async ({ a, b, image }) => {
+    const vm = await startGuest(a, image, "g4", "console=ttyS0 quiet dwcp.mem_mib=96 dwcp.dirty_mibps=48");
+    const hb = await HeartbeatMonitor.follow(vm.serialSocket);
+    try {
+      await hb.waitForReady();
+      const switching = hb.switchTo(serialOf(b, "g4"));
+      const res = await migrate(a, { vm: "g4", peer: b.dataAddr, maxBytesPerSec: 16 * 1024 * 1024 });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      const done = await until(a, res.body.id, ended);
+      if (done.phase === "completed") {
+        await untilVms(a, []);
+        await untilVms(b, [["g4", "running"]]);
+        await switching;
+      } else {
+        assert.equal(done.error?.code, "not_converging", JSON.stringify(done.error));
+        await untilVms(a, [["g4", "running"]]);
+        await untilVms(b, []);
+      }
+      await hb.waitForCounter(hb.lastCounter + 10);
+      assert.equal(hb.wentBackwards, false);
+    } finally {
+      await hb.close();
+    }
+  });
+});
+
+Deno.test({ name: "bad migration requests get clear 4xx/5xx answers", ...opts }, async () => {
+  await withAgents(async ({ a, b, image }) => {
+    await startGuest(a, image, "g5", "console=ttyS0 quiet dwcp.mem_mib=32");
+    const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const downPeer = `127.0.0.1:${closed.addr.port}`;
+    closed.close();
+    const cases: [Record<string, unknown>, number, string][] = [
+      [{ vm: "nope", peer: b.dataAddr }, 404, "vm_not_found"],
+      [{ vm: "g5", peer: downPeer }, 502, "peer_unreachable"],
+      [{ vm: "g5", peer: "nobody" }, 400, "unknown_peer"],
+      [{ vm: "g5", peer: b.dataAddr, postcopy: true }, 400, "invalid_request"],
+      [{ vm: "g5", peer: b.dataAddr, streams: 0 }, 400, "invalid_request"],
+    ];
+    for (const [body, status, code] of cases) {
+      const res = await a.json<{ error: { code: string; message: string } }>("/v1/migrations", {
+        method: "POST",
+        body: JSON.stringify(body),
+      });
+      assert.equal(res.status, status, JSON.stringify(res.body));
+      assert.equal(res.body.error.code, code);
+    }
+    const first = await migrate(a, { vm: "g5", peer: b.dataAddr, maxBytesPerSec: 4 * 1024 * 1024 });
+    assert.equal(first.status, 201, JSON.stringify(first.body));
+    const second = await a.json<{ error: { code: string } }>("/v1/migrations", {
+      method: "POST",
+      body: JSON.stringify({ vm: "g5", peer: b.dataAddr }),
+    });
+    assert.equal(second.status, 409);
+    assert.equal(second.body.error.code, "vm_migrating");
+    await a.json(`/v1/migrations/${first.body.id}`, { method: "DELETE" });
+    await until(a, first.body.id, ended);
+  });
+});
