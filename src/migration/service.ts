@@ -224,7 +224,9 @@ export class OutgoingMigration {
       peer: this.req.peer,
       phase: this.#state.phase,
       startedAt: new Date(this.#state.startedAtMs).toISOString(),
-      elapsedMs: this.#now() - this.#state.startedAtMs,
+      // A terminal phase is entered once and never left: its entry time is the end.
+      elapsedMs: (isTerminal(this.#state.phase) ? this.#state.phaseSinceMs : this.#now()) -
+        this.#state.startedAtMs,
       bytesSent: transfer?.bytesDone ?? 0,
       bytesPerSec: transfer?.bytesPerSec ?? 0,
       remainingBytes: ram?.remaining,

@@ -73,9 +73,15 @@ export class TestAgent {
     return kb * 1024;
   }
 
-  /** SIGTERM and wait (the agent cancels its transfers and exits), then remove its directories. */
+  /**
+   * SIGTERM and wait (the agent cancels its transfers, stops its VMs and exits), then kill any QEMU it
+   * left behind (an agent killed earlier cannot stop its VMs) and remove its directories.
+   */
   async stop(): Promise<void> {
     await this.#signal("SIGTERM");
+    // Every QEMU an agent starts has its sockets under stateDir/run, so its command line names stateDir.
+    await new Deno.Command("pkill", { args: ["-KILL", "-f", this.stateDir], stdout: "null", stderr: "null" })
+      .output().catch(() => {});
     for (const dir of this.ownedDirs) await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 
