@@ -93,6 +93,13 @@ async function errorFrom(res: Response): Promise<ApiRequestError> {
   return new ApiRequestError(res.status, `http_${res.status}`, text.slice(0, 200) || res.statusText);
 }
 
+type Collection = "transfers" | "vms" | "migrations";
+
+/** The API path of one item of a collection, e.g. /v1/transfers/ID. */
+function itemPath(collection: Collection, id: string): string {
+  return `/v1/${collection}/${encodeURIComponent(id)}`;
+}
+
 export class ApiClient {
   readonly baseUrl: string;
 
@@ -118,28 +125,41 @@ export class ApiClient {
     return await (await this.#request(path, init)).json() as T;
   }
 
+  /** The items of a collection, which the agent answers as {COLLECTION: [...]}. */
+  async #list<T>(collection: Collection): Promise<T[]> {
+    return (await this.#json<Record<string, T[]>>(`/v1/${collection}`))[collection];
+  }
+
+  #post<T>(path: string, body: unknown): Promise<T> {
+    return this.#json(path, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  }
+
+  #delete<T>(path: string): Promise<T> {
+    return this.#json(path, { method: "DELETE" });
+  }
+
   info(): Promise<AgentInfo> {
     return this.#json("/v1/info");
   }
 
-  async listTransfers(): Promise<TransferSnapshot[]> {
-    return (await this.#json<{ transfers: TransferSnapshot[] }>("/v1/transfers")).transfers;
+  listTransfers(): Promise<TransferSnapshot[]> {
+    return this.#list("transfers");
   }
 
   getTransfer(id: string): Promise<TransferSnapshot> {
-    return this.#json(`/v1/transfers/${encodeURIComponent(id)}`);
+    return this.#json(itemPath("transfers", id));
   }
 
   startTransfer(req: TransferRequest): Promise<TransferSnapshot> {
-    return this.#json("/v1/transfers", {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(req),
-    });
+    return this.#post("/v1/transfers", req);
   }
 
   cancelTransfer(id: string): Promise<TransferSnapshot> {
-    return this.#json(`/v1/transfers/${encodeURIComponent(id)}`, { method: "DELETE" });
+    return this.#delete(itemPath("transfers", id));
   }
 
   /**
@@ -147,48 +167,40 @@ export class ApiClient {
    * stream just ends; an aborted signal throws.
    */
   follow(id: string, signal?: AbortSignal): AsyncGenerator<TransferSnapshot> {
-    return this.#events(`/v1/transfers/${encodeURIComponent(id)}/events`, signal);
+    return this.#events(`${itemPath("transfers", id)}/events`, signal);
   }
 
-  async listVms(): Promise<VmInfo[]> {
-    return (await this.#json<{ vms: VmInfo[] }>("/v1/vms")).vms;
+  listVms(): Promise<VmInfo[]> {
+    return this.#list("vms");
   }
 
   startVm(spec: VmSpecInput): Promise<VmInfo> {
-    return this.#json("/v1/vms", {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(spec),
-    });
+    return this.#post("/v1/vms", spec);
   }
 
   stopVm(name: string): Promise<VmInfo> {
-    return this.#json(`/v1/vms/${encodeURIComponent(name)}`, { method: "DELETE" });
+    return this.#delete(itemPath("vms", name));
   }
 
-  async listMigrations(): Promise<MigrationSnapshot[]> {
-    return (await this.#json<{ migrations: MigrationSnapshot[] }>("/v1/migrations")).migrations;
+  listMigrations(): Promise<MigrationSnapshot[]> {
+    return this.#list("migrations");
   }
 
   startMigration(req: MigrationRequest): Promise<MigrationSnapshot> {
-    return this.#json("/v1/migrations", {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(req),
-    });
+    return this.#post("/v1/migrations", req);
   }
 
   getMigration(id: string): Promise<MigrationSnapshot> {
-    return this.#json(`/v1/migrations/${encodeURIComponent(id)}`);
+    return this.#json(itemPath("migrations", id));
   }
 
   cancelMigration(id: string): Promise<MigrationSnapshot> {
-    return this.#json(`/v1/migrations/${encodeURIComponent(id)}`, { method: "DELETE" });
+    return this.#delete(itemPath("migrations", id));
   }
 
   /** Snapshots from the migration's event stream (phase changes and progress ticks); see follow. */
   followMigration(id: string, signal?: AbortSignal): AsyncGenerator<MigrationSnapshot> {
-    return this.#events(`/v1/migrations/${encodeURIComponent(id)}/events`, signal);
+    return this.#events(`${itemPath("migrations", id)}/events`, signal);
   }
 
   async *#events<T>(path: string, signal?: AbortSignal): AsyncGenerator<T> {

@@ -15,15 +15,15 @@ import { guestAppend, guestImage } from "../../tests/support/guest_image.ts";
 import { HeartbeatMonitor } from "../../tests/support/heartbeat.ts";
 import { VM_LIMITS } from "../vm/spec.ts";
 import { ApiClient, type MigrationSnapshot } from "./client.ts";
-import { UsageError } from "./common.ts";
+import { noArguments, wholeNumber } from "./common.ts";
 import { formatDuration } from "./format.ts";
 import { formatMs, migrationReport, watchMigration } from "./migrate.ts";
+import { type Accelerator, parseAccel } from "./vm.ts";
 
 const MAIN = fileURLToPath(new URL("../../main.ts", import.meta.url));
 const VM_NAME = "demo";
 const DEFAULT_MEMORY_MIB = 256;
 const DEFAULT_DIRTY_MIBPS = 8;
-const ACCELERATORS = ["auto", "kvm", "tcg"] as const;
 const MEMORY_RANGE = `${VM_LIMITS.minMemoryMiB}..${VM_LIMITS.maxMemoryMiB}`;
 /** Guest memory its kernel and initramfs need besides the data: with less, the guest runs out of memory. */
 const GUEST_OVERHEAD_MIB = 80;
@@ -47,15 +47,6 @@ Ctrl-C. Needs qemu-system-x86_64; uses KVM when it works, else TCG.
 
 exit status: 0 both migrations completed and the heartbeat checks held, 1 otherwise, 2 usage error,
 130 interrupted`;
-
-function wholeNumber(flag: string, text: string | undefined, min: number, max: number, def: number): number {
-  if (text === undefined) return def;
-  const n = /^\d+$/.test(text) ? Number(text) : NaN;
-  if (!(n >= min && n <= max)) {
-    throw new UsageError(`${flag} "${text}" must be a whole number ${min}..${max}`);
-  }
-  return n;
-}
 
 /** MiB of data the guest holds: half its memory, less where its kernel would run short. */
 export function dataMib(memoryMiB: number): number {
@@ -234,7 +225,7 @@ class Demo {
   readonly qemuPids = new Set<number>();
 
   constructor(
-    readonly opts: { memoryMiB: number; dirtyMibps: number; accel: typeof ACCELERATORS[number] },
+    readonly opts: { memoryMiB: number; dirtyMibps: number; accel: Accelerator },
     readonly signal: AbortSignal,
   ) {}
 
@@ -419,19 +410,11 @@ export async function demoCommand(args: string[]): Promise<number> {
     console.log(DEMO_USAGE);
     return 0;
   }
-  if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
-  const memoryMiB = wholeNumber(
-    "--memory",
-    values.memory,
-    VM_LIMITS.minMemoryMiB,
-    VM_LIMITS.maxMemoryMiB,
-    DEFAULT_MEMORY_MIB,
-  );
-  const dirtyMibps = wholeNumber("--dirty", values.dirty, 0, 100_000, DEFAULT_DIRTY_MIBPS);
-  const accel = values.accel ?? "auto";
-  if (!(ACCELERATORS as readonly string[]).includes(accel)) {
-    throw new UsageError(`--accel "${accel}" is not one of ${ACCELERATORS.join(", ")}`);
-  }
+  noArguments(positionals);
+  const memoryMiB = wholeNumber("--memory", values.memory, VM_LIMITS.minMemoryMiB, VM_LIMITS.maxMemoryMiB) ??
+    DEFAULT_MEMORY_MIB;
+  const dirtyMibps = wholeNumber("--dirty", values.dirty, 0, 100_000) ?? DEFAULT_DIRTY_MIBPS;
+  const accel = parseAccel(values.accel);
 
   // Ctrl-C (or SIGTERM) stops the demo and cleans up; a second Ctrl-C quits at once.
   const interrupt = new AbortController();
@@ -442,10 +425,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   };
   const signals = ["SIGINT", "SIGTERM"] as const;
   for (const s of signals) Deno.addSignalListener(s, onSignal);
-  const demo = new Demo(
-    { memoryMiB, dirtyMibps, accel: accel as typeof ACCELERATORS[number] },
-    interrupt.signal,
-  );
+  const demo = new Demo({ memoryMiB, dirtyMibps, accel }, interrupt.signal);
   try {
     return await demo.run();
   } catch (err) {

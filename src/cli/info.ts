@@ -1,7 +1,7 @@
 /** `dwcp info`: the local agent's version, addresses, roots, peers and native capabilities. */
 import { parseArgs } from "node:util";
 import type { AgentInfo } from "./client.ts";
-import { apiClient, CLIENT_OPTIONS, CLIENT_OPTIONS_HELP, UsageError } from "./common.ts";
+import { apiClient, CLIENT_OPTIONS, CLIENT_OPTIONS_HELP, noArguments } from "./common.ts";
 import { formatBytes, table } from "./format.ts";
 
 export const INFO_USAGE = `usage: dwcp info [options]
@@ -43,7 +43,7 @@ export async function infoCommand(args: string[]): Promise<number> {
     console.log(INFO_USAGE);
     return 0;
   }
-  if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+  noArguments(positionals);
   const info = await apiClient(values).info();
   console.log(values.json ? JSON.stringify(info, null, 2) : infoText(info));
   return 0;

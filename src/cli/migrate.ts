@@ -6,10 +6,18 @@
 import { parseArgs } from "node:util";
 import { isTerminal } from "../migration/machine.ts";
 import { LIMITS } from "../transport/receiver.ts";
-import { type ApiClient, ApiRequestError, type MigrationRequest, type MigrationSnapshot } from "./client.ts";
-import { apiClient, CLIENT_OPTIONS, CLIENT_OPTIONS_HELP, UsageError } from "./common.ts";
+import type { ApiClient, MigrationRequest, MigrationSnapshot } from "./client.ts";
+import {
+  apiClient,
+  CLIENT_OPTIONS,
+  CLIENT_OPTIONS_HELP,
+  exactlyOne,
+  UsageError,
+  wholeNumber,
+} from "./common.ts";
+import { runJob } from "./follow_job.ts";
 import { formatBytes, formatDuration, formatRate } from "./format.ts";
-import { ProgressReporter } from "./progress_bar.ts";
+import { ProgressReporter, stderrReporter } from "./progress_bar.ts";
 
 export const MIGRATE_USAGE = `usage: dwcp migrate VM --to PEER [options]
 
@@ -30,15 +38,6 @@ exit status: 0 completed, 1 failed or cancelled (or the agent refused), 2 usage 
 
 /** The server's floor for maxBytesPerSec. */
 const MIN_RATE_BYTES = 1024 * 1024;
-
-function wholeNumber(flag: string, text: string | undefined, min: number, max: number): number | undefined {
-  if (text === undefined) return undefined;
-  const n = /^\d+$/.test(text) ? Number(text) : NaN;
-  if (!(n >= min && n <= max)) {
-    throw new UsageError(`${flag} "${text}" must be a whole number ${min}..${max}`);
-  }
-  return n;
-}
 
 /** --max-rate in MB/s (decimal, as the rates are shown) to bytes per second. */
 export function parseMaxRate(text: string | undefined): number | undefined {
@@ -108,8 +107,6 @@ export function migrationReport(s: MigrationSnapshot): string {
   ].join("\n");
 }
 
-const stderrWrite = (text: string) => Deno.stderr.writeSync(new TextEncoder().encode(text));
-
 /**
  * Follows a migration's event stream to its end: draws the progress line and prints each new event on
  * stderr (unless `show` is false). A stream that breaks early is settled with one GET. Throws when
@@ -120,11 +117,8 @@ export async function watchMigration(
   first: MigrationSnapshot,
   opts: { signal: AbortSignal; show: boolean; write?: (text: string) => void },
 ): Promise<MigrationSnapshot> {
-  const tty = opts.write === undefined && Deno.stderr.isTerminal();
-  const reporter = new ProgressReporter(opts.write ?? stderrWrite, {
-    tty,
-    columns: tty ? Deno.consoleSize().columns || undefined : undefined, // 0 when the terminal has no size
-  });
+  const reporter = opts.write ? new ProgressReporter(opts.write, { tty: false }) : stderrReporter();
+  const tty = reporter.opts.tty;
   // The agent keeps the latest 64 events, so they are told apart by content rather than position.
   const seen = new Set<string>();
   const onUpdate = (s: MigrationSnapshot) => {
@@ -173,12 +167,10 @@ export async function migrateCommand(args: string[]): Promise<number> {
     console.log(MIGRATE_USAGE);
     return 0;
   }
-  if (positionals.length !== 1) {
-    throw new UsageError(`give exactly one VM to migrate (got ${positionals.length})`);
-  }
+  const vm = exactlyOne(positionals, "VM to migrate");
   if (!values.to?.trim()) throw new UsageError("--to PEER is required");
   const req: MigrationRequest = {
-    vm: positionals[0],
+    vm,
     peer: values.to,
     streams: wholeNumber("--streams", values.streams, 1, LIMITS.maxStreams),
     downtimeLimitMs: wholeNumber("--downtime-limit", values["downtime-limit"], 1, 60_000),
@@ -186,42 +178,20 @@ export async function migrateCommand(args: string[]): Promise<number> {
     autoConverge: values["no-auto-converge"] ? false : undefined,
   };
   const client = apiClient(values);
-
-  // Ctrl-C from here on cancels the migration; a second one exits at once.
-  const interrupt = new AbortController();
-  const onSigint = () => interrupt.signal.aborted ? Deno.exit(130) : interrupt.abort();
-  Deno.addSignalListener("SIGINT", onSigint);
-  try {
-    const started = await client.startMigration(req);
-    if (!values.json) {
-      console.error(
-        `migration ${started.id}: VM ${started.vm} → ${started.peer}, ${started.streams} streams`,
-      );
-    }
-    let final: MigrationSnapshot | undefined;
-    try {
-      final = await watchMigration(client, started, { signal: interrupt.signal, show: !values.json });
-    } catch (err) {
-      if (!interrupt.signal.aborted) throw err;
-    }
-    if (!final) return await cancel(client, started.id, values.json);
-    console.log(values.json ? JSON.stringify(final) : migrationReport(final));
-    if (final.phase === "completed") return 0;
-    if (final.error) console.error(`error ${final.error.code}: ${final.error.message}`);
-    return 1;
-  } finally {
-    Deno.removeSignalListener("SIGINT", onSigint);
-  }
-}
-
-async function cancel(client: ApiClient, id: string, json?: boolean): Promise<number> {
-  console.error(`interrupted: cancelling migration ${id}`);
-  try {
-    const s = await client.cancelMigration(id);
-    console.log(json ? JSON.stringify(s) : migrationReport(s));
-  } catch (err) {
-    if (!(err instanceof ApiRequestError)) throw err;
-    console.error(`error ${err.code}: ${err.message}`);
-  }
-  return 130;
+  return await runJob({
+    kind: "migration",
+    json: values.json,
+    start: () => client.startMigration(req),
+    onStart: (started) => {
+      if (!values.json) {
+        console.error(
+          `migration ${started.id}: VM ${started.vm} → ${started.peer}, ${started.streams} streams`,
+        );
+      }
+    },
+    follow: (started, signal) => watchMigration(client, started, { signal, show: !values.json }),
+    cancel: (id) => client.cancelMigration(id),
+    report: migrationReport,
+    succeeded: (s) => s.phase === "completed",
+  });
 }

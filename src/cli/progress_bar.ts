@@ -100,3 +100,14 @@ export class ProgressReporter {
     this.#drawn = false;
   }
 }
+
+/**
+ * A reporter on stderr: redrawn to the terminal's width when stderr is a terminal, plain lines otherwise.
+ */
+export function stderrReporter(): ProgressReporter {
+  const tty = Deno.stderr.isTerminal();
+  return new ProgressReporter((text) => Deno.stderr.writeSync(new TextEncoder().encode(text)), {
+    tty,
+    columns: tty ? Deno.consoleSize().columns || undefined : undefined, // 0 when the terminal has no size
+  });
+}

@@ -3,12 +3,22 @@ import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { DEFAULT_CMDLINE, VM_LIMITS, VM_NAME_PATTERN } from "../vm/spec.ts";
 import type { VmInfo } from "./client.ts";
-import { apiClient, CLIENT_OPTIONS, CLIENT_OPTIONS_HELP, UsageError } from "./common.ts";
+import {
+  apiClient,
+  CLIENT_OPTIONS,
+  CLIENT_OPTIONS_HELP,
+  exactlyOne,
+  noArguments,
+  oneOf,
+  UsageError,
+  wholeNumber,
+} from "./common.ts";
 import { table } from "./format.ts";
 
 const DEFAULT_MEMORY_MIB = 512;
 const DEFAULT_VCPUS = 1;
 const ACCELERATORS = ["auto", "kvm", "tcg"] as const;
+export type Accelerator = typeof ACCELERATORS[number];
 const MEMORY_RANGE = `${VM_LIMITS.minMemoryMiB}..${VM_LIMITS.maxMemoryMiB}`;
 
 export const VM_USAGE = `usage: dwcp vm <start|list|stop> [options]
@@ -48,20 +58,13 @@ Stops the guest NAME: QEMU quits at once (the guest is not asked to shut down).
 
 ${CLIENT_OPTIONS_HELP}`;
 
-function wholeNumber(flag: string, text: string | undefined, min: number, max: number, def: number): number {
-  if (text === undefined) return def;
-  const n = /^\d+$/.test(text) ? Number(text) : NaN;
-  if (!(n >= min && n <= max)) {
-    throw new UsageError(`${flag} "${text}" must be a whole number ${min}..${max}`);
-  }
-  return n;
+/** --accel: auto (when not given), kvm or tcg. */
+export function parseAccel(text: string | undefined): Accelerator {
+  return oneOf("--accel", text, ACCELERATORS) ?? "auto";
 }
 
 function vmName(positionals: string[], what: string): string {
-  if (positionals.length !== 1) {
-    throw new UsageError(`give exactly one VM NAME to ${what} (got ${positionals.length})`);
-  }
-  const name = positionals[0];
+  const name = exactlyOne(positionals, `VM NAME to ${what}`);
   if (!VM_NAME_PATTERN.test(name)) {
     throw new UsageError(
       `"${name}" is not a VM name: 1..63 characters of a-z, 0-9 and '-', not starting with '-'`,
@@ -127,24 +130,16 @@ async function vmStart(args: string[]): Promise<number> {
   }
   const name = vmName(positionals, "start");
   if (!values.kernel) throw new UsageError("--kernel FILE is required");
-  const accel = values.accel ?? "auto";
-  if (!(ACCELERATORS as readonly string[]).includes(accel)) {
-    throw new UsageError(`--accel "${accel}" is not one of ${ACCELERATORS.join(", ")}`);
-  }
+  const accelerator = parseAccel(values.accel);
   const spec = {
     name,
     kernel: resolve(values.kernel),
     initrd: values.initrd === undefined ? undefined : resolve(values.initrd),
-    memoryMiB: wholeNumber(
-      "--memory",
-      values.memory,
-      VM_LIMITS.minMemoryMiB,
-      VM_LIMITS.maxMemoryMiB,
+    memoryMiB: wholeNumber("--memory", values.memory, VM_LIMITS.minMemoryMiB, VM_LIMITS.maxMemoryMiB) ??
       DEFAULT_MEMORY_MIB,
-    ),
-    vcpus: wholeNumber("--vcpus", values.vcpus, VM_LIMITS.minVcpus, VM_LIMITS.maxVcpus, DEFAULT_VCPUS),
+    vcpus: wholeNumber("--vcpus", values.vcpus, VM_LIMITS.minVcpus, VM_LIMITS.maxVcpus) ?? DEFAULT_VCPUS,
     cmdline: values.append,
-    accelerator: accel as typeof ACCELERATORS[number],
+    accelerator,
   };
   const vm = await apiClient(values).startVm(spec);
   console.log(values.json ? JSON.stringify(vm) : vmDetails(vm));
@@ -157,7 +152,7 @@ async function vmList(args: string[]): Promise<number> {
     console.log(VM_LIST_USAGE);
     return 0;
   }
-  if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+  noArguments(positionals);
   const vms = await apiClient(values).listVms();
   console.log(values.json ? JSON.stringify({ vms }) : vmTable(vms));
   return 0;

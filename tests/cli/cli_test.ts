@@ -1,36 +1,7 @@
 /** The CLI as a user runs it: a subprocess of main.ts talking to real agents. */
 import assert from "node:assert/strict";
-import { MAIN, REPO, sha256File, startAgent, type TestAgent, writeRandomFile } from "../support/agents.ts";
-
-interface CliResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(...args: string[]): Deno.Command {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", MAIN, ...args],
-    cwd: REPO,
-    env: { NO_COLOR: "1" },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  });
-}
-
-async function runCli(...args: string[]): Promise<CliResult> {
-  const out = await cli(...args).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-/** An address where nothing listens: a port the OS handed out, then closed. */
-function deadApiUrl(): string {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  listener.close();
-  return `http://127.0.0.1:${listener.addr.port}`;
-}
+import { sha256File, startAgent, type TestAgent, writeRandomFile } from "../support/agents.ts";
+import { cli, deadApiUrl, runCli } from "./support.ts";
 
 async function exists(path: string): Promise<boolean> {
   return await Deno.stat(path).then(() => true, () => false);

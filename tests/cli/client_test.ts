@@ -7,6 +7,7 @@ import {
   type TransferSnapshot,
 } from "../../src/cli/client.ts";
 import { apiClient, UsageError } from "../../src/cli/common.ts";
+import { deadApiUrl, withServer } from "./support.ts";
 
 function streamOf(...pieces: string[]): ReadableStream<Uint8Array> {
   const enc = new TextEncoder();
@@ -36,19 +37,6 @@ Deno.test("readServerSentEvents refuses an event without end", async () => {
   const big = "data: " + "x".repeat(1 << 20);
   await assert.rejects(collect(readServerSentEvents(streamOf(big, big))), /exceeds/);
 });
-
-/** A stand-in agent answering from a handler; the client talks to it over a real socket. */
-async function withServer(
-  handler: (req: Request) => Response | Promise<Response>,
-  fn: (url: string) => Promise<void>,
-): Promise<void> {
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, handler);
-  try {
-    await fn(`http://127.0.0.1:${server.addr.port}/`);
-  } finally {
-    await server.shutdown();
-  }
-}
 
 Deno.test("ApiClient maps the agent's error body to ApiRequestError and sends the token", async () => {
   const seen: string[] = [];
@@ -92,9 +80,7 @@ Deno.test("ApiClient.follow yields snapshots from the event stream", async () =>
 });
 
 Deno.test("ApiClient: nothing listening is AgentUnreachableError naming the URL and `dwcp agent`", async () => {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const url = `http://127.0.0.1:${listener.addr.port}`;
-  listener.close();
+  const url = deadApiUrl();
   const err = await new ApiClient(url).listTransfers().catch((e) => e);
   assert.ok(err instanceof AgentUnreachableError);
   assert.match(

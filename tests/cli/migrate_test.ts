@@ -4,7 +4,7 @@
  * agents, a guest booted under QEMU and migrated there and back).
  */
 import assert from "node:assert/strict";
-import { ApiClient, type MigrationSnapshot } from "../../src/cli/client.ts";
+import type { MigrationSnapshot } from "../../src/cli/client.ts";
 import { dataMib } from "../../src/cli/demo.ts";
 import {
   formatMs,
@@ -15,7 +15,7 @@ import {
   watchMigration,
 } from "../../src/cli/migrate.ts";
 import { ProgressReporter } from "../../src/cli/progress_bar.ts";
-import { MAIN, REPO } from "../support/agents.ts";
+import { deadApiUrl, runCli, withClient } from "./support.ts";
 
 const MiB = 1024 * 1024;
 const ID = "8405120f-fcdf-4b17-ae7b-3a69b635eda1";
@@ -158,19 +158,6 @@ Deno.test("ProgressReporter.print puts a line between redraws on a terminal, pla
   assert.equal(out, "status 80\nevent\nstatus again\n");
 });
 
-/** A stand-in agent answering from a handler; the client talks to it over a real socket. */
-async function withServer(
-  handler: (req: Request) => Response | Promise<Response>,
-  fn: (client: ApiClient) => Promise<void>,
-): Promise<void> {
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, handler);
-  try {
-    await fn(new ApiClient(`http://127.0.0.1:${server.addr.port}`));
-  } finally {
-    await server.shutdown();
-  }
-}
-
 function sse(snaps: MigrationSnapshot[]): Response {
   const body = snaps.map((s) => `event: ${s.phase}\ndata: ${JSON.stringify(s)}\n\n`).join("");
   return new Response(body, { headers: { "content-type": "text/event-stream" } });
@@ -188,7 +175,7 @@ Deno.test("watchMigration prints each event once, draws progress, and returns th
     { ...COMPLETED, events: [...snap().events, switchover, done] },
   ];
   const paths: string[] = [];
-  await withServer((req) => {
+  await withClient((req) => {
     paths.push(new URL(req.url).pathname);
     return sse(stream);
   }, async (client) => {
@@ -216,7 +203,7 @@ Deno.test("watchMigration settles a stream that ends early with one GET, and say
   for (
     const [answer, expect] of [[COMPLETED, "completed"], [snap(), /ended while it was in precopy/]] as const
   ) {
-    await withServer((req) => {
+    await withClient((req) => {
       const path = new URL(req.url).pathname;
       return path.endsWith("/events") ? sse([snap()]) : Response.json(answer);
     }, async (client) => {
@@ -226,32 +213,6 @@ Deno.test("watchMigration settles a stream that ends early with one GET, and say
     });
   }
 });
-
-interface CliResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function runCli(...args: string[]): Promise<CliResult> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", MAIN, ...args],
-    cwd: REPO,
-    env: { NO_COLOR: "1" },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-/** An address where nothing listens: a port the OS handed out, then closed. */
-function deadApiUrl(): string {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  listener.close();
-  return `http://127.0.0.1:${listener.addr.port}`;
-}
 
 Deno.test("CLI usage errors exit 2 and point at --help; --help exits 0", async () => {
   const cases: [string[], RegExp][] = [
