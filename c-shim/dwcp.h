@@ -33,6 +33,15 @@ int32_t dwcp_compress_bound(int32_t codec, uint32_t src_len);
 int32_t dwcp_compress(uint32_t handle, const uint8_t *src, uint32_t src_len, uint8_t *dst, uint32_t dst_cap);
 int32_t dwcp_decompress(uint32_t handle, const uint8_t *src, uint32_t src_len, uint8_t *dst, uint32_t dst_cap);
 
+/* Zero pages (pages.c). Bitmaps: bit i, LSB-first within each byte, set when page i is all zero; the last
+ * page may be partial; bits past the last page are clear. page_size is a power of two in 512..65536. */
+int32_t dwcp_zero_pages(const uint8_t *src, uint32_t len, uint32_t page_size, uint8_t *bitmap_out,
+                        uint32_t bitmap_cap);
+int32_t dwcp_pack_pages(const uint8_t *src, uint32_t len, uint32_t page_size, const uint8_t *bitmap, uint8_t *dst,
+                        uint32_t dst_cap);
+int32_t dwcp_unpack_pages(const uint8_t *packed, uint32_t packed_len, uint32_t page_size, const uint8_t *bitmap,
+                          uint32_t len, uint8_t *dst, uint32_t dst_cap);
+
 int32_t dwcp_rdma_devices(uint8_t *out, uint32_t cap);
 
 int32_t dwcp_ort_load(const char *path);

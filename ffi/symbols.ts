@@ -34,6 +34,18 @@ export const symbols = {
     result: "i32",
     nonblocking: true,
   },
+  // int32_t dwcp_zero_pages(const uint8_t *src, uint32_t len, uint32_t page_size, uint8_t *bitmap_out,
+  //                         uint32_t bitmap_cap)
+  dwcp_zero_pages: { parameters: ["buffer", "u32", "u32", "buffer", "u32"], result: "i32" },
+  // int32_t dwcp_pack_pages(const uint8_t *src, uint32_t len, uint32_t page_size, const uint8_t *bitmap,
+  //                         uint8_t *dst, uint32_t dst_cap)
+  dwcp_pack_pages: { parameters: ["buffer", "u32", "u32", "buffer", "buffer", "u32"], result: "i32" },
+  // int32_t dwcp_unpack_pages(const uint8_t *packed, uint32_t packed_len, uint32_t page_size,
+  //                           const uint8_t *bitmap, uint32_t len, uint8_t *dst, uint32_t dst_cap)
+  dwcp_unpack_pages: {
+    parameters: ["buffer", "u32", "u32", "buffer", "u32", "buffer", "u32"],
+    result: "i32",
+  },
   // int32_t dwcp_rdma_devices(uint8_t *out, uint32_t cap)
   dwcp_rdma_devices: { parameters: ["buffer", "u32"], result: "i32" },
   // int32_t dwcp_ort_load(const char *path)

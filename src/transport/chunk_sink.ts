@@ -29,11 +29,12 @@ export interface ChunkSink {
   /** Throws FrameError when a frame's position does not fit this sink. */
   check(h: FrameHeader): void;
   /**
-   * Takes a verified chunk (data is valid only during the call) and calls ack once the chunk is stored
+   * Takes a verified chunk (data is valid only during the call; allZero when it is all zero pages) and
+   * calls ack once the chunk is stored
    * or delivered, with fresh = false for a resend of a chunk it already had; the returned promise
    * settles when the caller may read the next frame. Rejects once the sink has failed.
    */
-  accept(h: FrameHeader, data: Uint8Array, ack: Ack): Promise<void>;
+  accept(h: FrameHeader, data: Uint8Array, ack: Ack, allZero?: boolean): Promise<void>;
   /** Settles with the sink's failure, if it ever fails on its own (a stream's consumer went away). */
   readonly failed: Promise<RefusedError>;
   /** Everything arrived: verify against the sender's commit and make it final. */
@@ -86,10 +87,13 @@ export class FileSink implements ChunkSink {
   /** A file fails only through its stream readers, which report it themselves. */
   readonly failed = new Promise<RefusedError>(() => {});
 
-  async accept(h: FrameHeader, data: Uint8Array, ack: Ack): Promise<void> {
-    // Synchronous: into the page cache a write is a memory copy, cheaper than a hop to a thread.
-    this.#file.seekSync(h.offset, Deno.SeekMode.Start);
-    writeAllSync(this.#file, data);
+  async accept(h: FrameHeader, data: Uint8Array, ack: Ack, allZero = false): Promise<void> {
+    // A zero chunk stays a hole: the temporary file starts sparse at its full size.
+    if (!allZero) {
+      // Synchronous: into the page cache a write is a memory copy, cheaper than a hop to a thread.
+      this.#file.seekSync(h.offset, Deno.SeekMode.Start);
+      writeAllSync(this.#file, data);
+    }
     await ack(this.#digests.record(h.seq, h.checksum));
   }
 

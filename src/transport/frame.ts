@@ -21,6 +21,8 @@ export const MAX_FRAME_PAYLOAD_BYTES = 64 * 1024 * 1024;
 export interface FrameHeader {
   type: FrameType;
   codec: number;
+  /** HDE payload flags (src/encoding/chunk_codec.ts); absent or 0 for a plain or codec-only payload. */
+  flags?: number;
   seq: number;
   /** 16 raw bytes of the transfer's UUID. */
   transferId: Uint8Array;
@@ -31,7 +33,17 @@ export interface FrameHeader {
   checksum: Uint8Array;
 }
 
-const OFF_TYPE = 0, OFF_CODEC = 1, OFF_SEQ = 4, OFF_ID = 8, OFF_OFFSET = 24, OFF_RAW = 32, OFF_ENC = 36;
+/** Flag bits a frame may carry; any other bit is refused. */
+export const KNOWN_FLAGS = 0x1;
+
+const OFF_TYPE = 0,
+  OFF_CODEC = 1,
+  OFF_FLAGS = 2,
+  OFF_SEQ = 4,
+  OFF_ID = 8,
+  OFF_OFFSET = 24,
+  OFF_RAW = 32,
+  OFF_ENC = 36;
 export const CHECKSUM_OFFSET = 40;
 
 export function uuidToBytes(id: string): Uint8Array {
@@ -45,7 +57,7 @@ export function encodeHeader(h: FrameHeader, out: Uint8Array): void {
   const view = new DataView(out.buffer, out.byteOffset, FRAME_HEADER_BYTES);
   view.setUint8(OFF_TYPE, h.type);
   view.setUint8(OFF_CODEC, h.codec);
-  view.setUint16(2, 0, true);
+  view.setUint16(OFF_FLAGS, h.flags ?? 0, true);
   view.setUint32(OFF_SEQ, h.seq, true);
   out.set(h.transferId, OFF_ID);
   // Offsets go up to 2^53 as two u32 halves: no BigInt on the hot path.
@@ -70,11 +82,14 @@ export function decodeHeader(buf: Uint8Array): FrameHeader {
   if (type !== FrameType.Data && type !== FrameType.Ack && type !== FrameType.Nack) {
     throw new FrameError(`unknown frame type ${type}`);
   }
+  const flags = view.getUint16(OFF_FLAGS, true);
+  if (flags & ~KNOWN_FLAGS) throw new FrameError(`frame has unknown flags 0x${flags.toString(16)}`);
   const hi = view.getUint32(OFF_OFFSET + 4, true);
   if (hi >= 0x20_0000) throw new FrameError(`frame offset exceeds 2^53`);
   const h: FrameHeader = {
     type: type as FrameType,
     codec: view.getUint8(OFF_CODEC),
+    flags,
     seq: view.getUint32(OFF_SEQ, true),
     transferId: buf.subarray(OFF_ID, OFF_ID + 16),
     offset: hi * 0x1_0000_0000 + view.getUint32(OFF_OFFSET, true),

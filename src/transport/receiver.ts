@@ -5,7 +5,8 @@
  * hand it to the transfer's sink (a file, or a live stream such as a QEMU incoming socket), which
  * acknowledges it once stored or delivered. Any failure before commit drops what was received.
  */
-import { Codec, codecName, CODECS, xxh3Into } from "../../ffi/codec.ts";
+import { codecName, CODECS, xxh3Into } from "../../ffi/codec.ts";
+import { ChunkDecoder } from "../encoding/chunk_codec.ts";
 import { PathError, type Roots } from "../agent/roots.ts";
 import { TransferProgress } from "../obs/progress.ts";
 import { type ChunkSink, FileSink, RefusedError, StreamSink } from "./chunk_sink.ts";
@@ -139,15 +140,18 @@ class IncomingTransfer {
     this.streams.add(conn);
     const head = new Uint8Array(FRAME_HEADER_BYTES);
     const raw = new Uint8Array(this.open.chunkBytes);
-    // Senders compress a chunk only when that makes it smaller, so a chunk-sized buffer holds any payload.
+    // Senders encode a chunk only when that makes it smaller, so a chunk-sized buffer holds any payload.
     const encoded = new Uint8Array(this.open.chunkBytes);
     const checksum = new Uint8Array(8);
-    const codecs = new Map<number, Codec>();
+    const decoder = new ChunkDecoder(this.open.chunkBytes);
     // Acks come from this reader and, for streams, from the sink's delivery: one write at a time.
     let writes = Promise.resolve();
     const reply = (type: FrameType, h: { seq: number; offset: number; rawLen: number }) => {
       const frame = new Uint8Array(FRAME_HEADER_BYTES);
-      encodeHeader({ ...h, type, codec: 0, transferId: this.transferIdBytes, encLen: 0, checksum }, frame);
+      encodeHeader(
+        { ...h, type, codec: 0, flags: 0, transferId: this.transferIdBytes, encLen: 0, checksum },
+        frame,
+      );
       writes = writes.then(() => writeAll(conn, frame));
       return writes;
     };
@@ -160,19 +164,22 @@ class IncomingTransfer {
           throw err;
         }
         const h = decodeHeader(head);
+        const flags = h.flags ?? 0;
+        const plain = h.codec === 0 && flags === 0;
         if (
           h.type !== FrameType.Data || !sameBytes(h.transferId, this.transferIdBytes) ||
           h.rawLen > this.open.chunkBytes || codecName(h.codec) === undefined ||
-          (h.codec === 0 ? h.encLen !== h.rawLen : h.encLen >= h.rawLen)
+          (plain ? h.encLen !== h.rawLen : h.encLen >= h.rawLen)
         ) {
           throw new FrameError(`stream ${stream} sent an inconsistent frame (seq ${h.seq}, type ${h.type})`);
         }
         this.sink.check(h);
-        const body = h.codec === 0 ? raw.subarray(0, h.rawLen) : encoded.subarray(0, h.encLen);
-        await readFull(conn, body);
         const data = raw.subarray(0, h.rawLen);
-        const good = await this.#decode(h.codec, body, data, codecs) &&
-          (xxh3Into(data, checksum), sameBytes(checksum, h.checksum));
+        const body = plain ? data : encoded.subarray(0, h.encLen);
+        await readFull(conn, body);
+        // undefined: the payload does not decode; the checksum then decides nothing and the chunk is resent.
+        const allZero = plain ? false : await decoder.decode(flags, h.codec, body, data);
+        const good = allZero !== undefined && (xxh3Into(data, checksum), sameBytes(checksum, h.checksum));
         if (!good) {
           this.progress.retransmits++;
           await reply(FrameType.Nack, h);
@@ -180,10 +187,11 @@ class IncomingTransfer {
         }
         const { seq, offset, rawLen, encLen } = h;
         try {
-          await this.sink.accept(h, data, (fresh) => {
+          const ack = (fresh: boolean) => {
             if (fresh) this.progress.chunkDone(stream, rawLen, FRAME_HEADER_BYTES + encLen);
             return reply(FrameType.Ack, { seq, offset, rawLen });
-          });
+          };
+          await this.sink.accept(h, data, ack, allZero);
         } catch {
           // The sink failed: the control connection tells the sender why; keep the stream open till then.
           await this.#ended.promise;
@@ -191,21 +199,9 @@ class IncomingTransfer {
         }
       }
     } finally {
-      for (const c of codecs.values()) c.close();
+      decoder.close();
       this.streams.delete(conn);
       closeQuietly(conn);
-    }
-  }
-
-  /** Decodes body into data; false when the data is corrupt (the chunk is then asked for again). */
-  async #decode(codecId: number, body: Uint8Array, data: Uint8Array, codecs: Map<number, Codec>) {
-    if (codecId === 0) return true;
-    let codec = codecs.get(codecId);
-    if (!codec) codecs.set(codecId, codec = new Codec(codecName(codecId)!));
-    try {
-      return await codec.decompressAsync(body, data) === data.length;
-    } catch {
-      return false;
     }
   }
 

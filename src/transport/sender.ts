@@ -5,7 +5,8 @@
  * acknowledgements come back on each stream, return credit and release the source's copy. The
  * transfer completes only when the receiver has committed.
  */
-import { Codec, type CodecName } from "../../ffi/codec.ts";
+import type { CodecName } from "../../ffi/codec.ts";
+import { ChunkEncoder } from "../encoding/chunk_codec.ts";
 import type { TransferProgress } from "../obs/progress.ts";
 import { type ChunkSource, SourceError } from "./chunk_source.ts";
 import { dial, type PeerAddress, TransferError } from "./dial.ts";
@@ -278,13 +279,10 @@ export class OutgoingTransfer {
     wireLen: Map<number, number>,
     stop: () => boolean,
   ): Promise<void> {
-    const { chunkBytes, codec: codecName } = this.#opts;
+    const { chunkBytes, codec } = this.#opts;
     const transferId = uuidToBytes(this.#opts.transferId);
     const scratch = new Uint8Array(FRAME_HEADER_BYTES + chunkBytes);
-    const codec = codecName === "none" ? undefined : new Codec(codecName);
-    const encoded = codec
-      ? new Uint8Array(FRAME_HEADER_BYTES + Codec.bound(codecName, chunkBytes))
-      : undefined;
+    const encoder = new ChunkEncoder(codec, chunkBytes, FRAME_HEADER_BYTES);
     try {
       while (!stop() && !sched.done) {
         const seq = sched.next(stream);
@@ -292,30 +290,19 @@ export class OutgoingTransfer {
           await this.#wake.wait();
           continue;
         }
-        let { frame, offset, length } = this.#source.load(seq, scratch);
-        let codecId = 0, encLen = length;
-        if (codec && encoded) {
-          const n = await codec.compressAsync(
-            frame.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + length),
-            encoded.subarray(FRAME_HEADER_BYTES),
-          );
-          // Incompressible chunks go raw: never more bytes on the wire than the data itself.
-          if (n < length) {
-            encoded.set(frame.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 8), CHECKSUM_OFFSET);
-            frame = encoded;
-            codecId = codec.id;
-            encLen = n;
-          }
-        }
+        const chunk = this.#source.load(seq, scratch);
+        // Zero pages and the codec shrink the payload; a chunk that gains nothing goes raw.
+        const { frame, flags, codec: codecId, encLen } = await encoder.encode(chunk.frame, chunk.length);
         encodeHeader({
           type: FrameType.Data,
           codec: codecId,
+          flags,
           seq,
           transferId,
-          offset,
-          rawLen: length,
+          offset: chunk.offset,
+          rawLen: chunk.length,
           encLen,
-          checksum: frame.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 8),
+          checksum: chunk.frame.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 8),
         }, frame);
         wireLen.set(seq, FRAME_HEADER_BYTES + encLen);
         const delayMs = this.#bucket?.reserve(Date.now(), FRAME_HEADER_BYTES + encLen) ?? 0;
@@ -323,7 +310,7 @@ export class OutgoingTransfer {
         await writeAll(conn, frame.subarray(0, FRAME_HEADER_BYTES + encLen));
       }
     } finally {
-      codec?.close();
+      encoder.close();
     }
   }
 

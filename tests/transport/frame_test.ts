@@ -8,6 +8,7 @@ import {
   FrameError,
   type FrameHeader,
   FrameType,
+  KNOWN_FLAGS,
   MAX_FRAME_PAYLOAD_BYTES,
   uuidToBytes,
 } from "../../src/transport/frame.ts";
@@ -19,6 +20,7 @@ function header(over: Partial<FrameHeader> = {}): FrameHeader {
   return {
     type: FrameType.Data,
     codec: 2,
+    flags: 0,
     seq: 7,
     transferId: uuidToBytes(ID),
     offset: 7 * 1024 * 1024,
@@ -165,6 +167,8 @@ Deno.test("fuzz: 10k random headers either decode to a valid header or throw Fra
     // Bias toward plausible headers so the accept path is exercised too.
     if (i % 2 === 0) {
       buf[0] = 1 + (i % 3);
+      buf[2] &= KNOWN_FLAGS;
+      buf[3] = 0;
       buf[30] &= 0x1f;
       buf[31] = 0;
       buf[35] = 0;
@@ -186,9 +190,9 @@ Deno.test("fuzz: 10k random headers either decode to a valid header or throw Fra
     if (h.type !== FrameType.Data) assert.equal(h.encLen, 0);
     assert.equal(h.transferId.length, 16);
     assert.equal(h.checksum.length, 8);
-    // A header that decodes re-encodes to the same bytes (the reserved bytes 2..3 aside).
-    const again = encoded(h);
-    assert.deepEqual(again.subarray(4), buf.subarray(4), `case ${i}`);
+    assert.equal(h.flags! & ~KNOWN_FLAGS, 0, `case ${i}: flags ${h.flags}`);
+    // A header that decodes re-encodes to the same bytes.
+    assert.deepEqual(encoded(h), buf, `case ${i}`);
   }
   assert.ok(counts.ok > 1000 && counts.rejected > 1000, JSON.stringify(counts));
 });
@@ -221,4 +225,10 @@ Deno.test("uuidToBytes rejects what is not a UUID", () => {
   for (const bad of ["", "not-a-uuid", ID.slice(0, -1), ID + "0", ID.replace("f", "g")]) {
     assert.throws(() => uuidToBytes(bad), RangeError, `"${bad}"`);
   }
+});
+
+Deno.test("a frame with flag bits this version does not know is refused", () => {
+  const buf = encoded(header());
+  new DataView(buf.buffer).setUint16(2, 0x8001, true);
+  assert.throws(() => decodeHeader(buf), FrameError);
 });

@@ -1,0 +1,143 @@
+/**
+ * HDE chunk encoding: what a chunk's payload looks like on the wire. All-zero 4 KiB pages travel only
+ * as bits in a bitmap (FLAG_PAGES); the remaining bytes are compressed with the chosen codec when that
+ * makes them smaller. A chunk that gains nothing travels raw, so encoding never costs wire bytes.
+ *
+ *   plain:        raw bytes                                   (codec 0, no flags, encLen = rawLen)
+ *   compressed:   codec(raw)                                  (codec c, encLen < rawLen)
+ *   pages:        bitmap ‖ packed non-zero pages              (FLAG_PAGES, codec 0)
+ *   pages+codec:  bitmap ‖ codec(packed non-zero pages)       (FLAG_PAGES, codec c)
+ *
+ * The bitmap has one bit per page of the chunk (LSB first), set for a zero page; its length follows
+ * from rawLen. The checksum in the frame covers the raw bytes, so a decoding error is caught there.
+ */
+import { Codec, type CodecName, codecName } from "../../ffi/codec.ts";
+import { bitmapBytes as pageBitmapBytes, packPages, unpackPages, zeroPages } from "../../ffi/pages.ts";
+
+export const PAGE_BYTES = 4096;
+/** Frame flag: the payload starts with a zero-page bitmap. */
+export const FLAG_PAGES = 1;
+
+export function bitmapBytes(rawLen: number): number {
+  return pageBitmapBytes(rawLen, PAGE_BYTES);
+}
+
+export interface Encoded {
+  flags: number;
+  codec: number;
+  /** Header room (`headroom` bytes) then the payload: the caller's own frame when sent plain. */
+  frame: Uint8Array;
+  encLen: number;
+  /** The chunk consists of zero pages only. */
+  allZero: boolean;
+}
+
+/** One per stream: reuses its buffers and compression context from chunk to chunk. */
+export class ChunkEncoder {
+  readonly #codec?: Codec;
+  readonly #bitmap: Uint8Array;
+  readonly #packed: Uint8Array;
+  readonly #out: Uint8Array;
+
+  /** headroom: bytes kept free in front of every payload, for the caller's frame header. */
+  constructor(readonly codec: CodecName, readonly chunkBytes: number, readonly headroom: number) {
+    this.#codec = codec === "none" ? undefined : new Codec(codec);
+    this.#bitmap = new Uint8Array(bitmapBytes(chunkBytes));
+    this.#packed = new Uint8Array(chunkBytes);
+    this.#out = new Uint8Array(headroom + this.#bitmap.length + Codec.bound(codec, chunkBytes));
+  }
+
+  /** Encodes the chunk at frame[headroom, headroom + rawLen). */
+  async encode(frame: Uint8Array, rawLen: number): Promise<Encoded> {
+    const raw = frame.subarray(this.headroom, this.headroom + rawLen);
+    const plain = { flags: 0, codec: 0, frame, encLen: rawLen, allZero: false };
+    const bitmap = this.#bitmap.subarray(0, bitmapBytes(rawLen));
+    const zeros = zeroPages(raw, PAGE_BYTES, bitmap);
+    if (zeros === 0 && !this.#codec) return plain;
+    const pages = zeros > 0;
+    const body = pages ? this.#packed.subarray(0, packPages(raw, PAGE_BYTES, bitmap, this.#packed)) : raw;
+    const head = this.headroom + (pages ? bitmap.length : 0);
+    if (pages) this.#out.set(bitmap, this.headroom);
+    let codec = 0;
+    let bodyLen = body.length;
+    if (this.#codec && body.length > 0) {
+      const n = await this.#codec.compressAsync(body, this.#out.subarray(head));
+      if (n < body.length) [codec, bodyLen] = [this.#codec.id, n];
+    }
+    if (codec === 0) {
+      if (!pages) return plain;
+      this.#out.set(body, head);
+    }
+    const encLen = head - this.headroom + bodyLen;
+    if (encLen >= rawLen) return plain;
+    return {
+      flags: pages ? FLAG_PAGES : 0,
+      codec,
+      frame: this.#out,
+      encLen,
+      allZero: body.length === 0,
+    };
+  }
+
+  close(): void {
+    this.#codec?.close();
+  }
+}
+
+/** One per stream: decodes payloads into raw bytes; any malformed input is reported, never thrown past. */
+export class ChunkDecoder {
+  readonly #codecs = new Map<number, Codec>();
+  readonly #packed: Uint8Array;
+
+  constructor(readonly chunkBytes: number) {
+    this.#packed = new Uint8Array(chunkBytes);
+  }
+
+  /**
+   * Decodes payload into out (exactly rawLen bytes). Returns whether the chunk was all zero pages, or
+   * undefined when the payload is corrupt (the caller asks for the chunk again).
+   */
+  async decode(
+    flags: number,
+    codecId: number,
+    payload: Uint8Array,
+    out: Uint8Array,
+  ): Promise<boolean | undefined> {
+    const rawLen = out.length;
+    try {
+      if (!(flags & FLAG_PAGES)) {
+        if (codecId === 0) {
+          out.set(payload);
+          return false;
+        }
+        return await this.#codec(codecId).decompressAsync(payload, out) === rawLen ? false : undefined;
+      }
+      const bmLen = bitmapBytes(rawLen);
+      if (payload.length < bmLen) return undefined;
+      const bitmap = payload.subarray(0, bmLen);
+      let packed = payload.subarray(bmLen);
+      if (codecId !== 0) {
+        const n = await this.#codec(codecId).decompressAsync(packed, this.#packed);
+        packed = this.#packed.subarray(0, n);
+      }
+      unpackPages(packed, PAGE_BYTES, bitmap, rawLen, out);
+      return packed.length === 0;
+    } catch {
+      return undefined;
+    }
+  }
+
+  #codec(id: number): Codec {
+    let codec = this.#codecs.get(id);
+    if (!codec) {
+      const name = codecName(id);
+      if (!name || name === "none") throw new RangeError(`codec id ${id} is unknown`);
+      this.#codecs.set(id, codec = new Codec(name));
+    }
+    return codec;
+  }
+
+  close(): void {
+    for (const c of this.#codecs.values()) c.close();
+  }
+}
