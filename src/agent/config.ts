@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { homedir, hostname } from "node:os";
 import { join } from "node:path";
 import { z } from "zod";
-import { CODECS } from "../../ffi/codec.ts";
+import { CODEC_SETTINGS } from "../encoding/codec_policy.ts";
 import { LIMITS } from "../transport/receiver.ts";
 
 /** "HOST:PORT" or "[IPv6]:PORT" with a port in 0..65535 (0: let the OS pick, for listen addresses). */
@@ -34,7 +34,7 @@ const schema = z.object({
     streams: z.number().int().min(1).max(LIMITS.maxStreams),
     chunkBytes: z.number().int().min(LIMITS.minChunkBytes).max(LIMITS.maxChunkBytes),
     windowChunks: z.number().int().min(1).max(64),
-    codec: z.enum(CODECS),
+    codec: z.enum(CODEC_SETTINGS),
     stallTimeoutMs: z.number().int().min(100),
     maxRetries: z.number().int().min(0).max(100),
     fsync: z.boolean(),

@@ -1,5 +1,5 @@
 /** The agent's transfers, outgoing and incoming: start, look up, follow, cancel. Bounded history. */
-import type { CodecName } from "../../ffi/codec.ts";
+import type { CodecSetting } from "../encoding/codec_policy.ts";
 import { TransferProgress, type TransferSnapshot } from "../obs/progress.ts";
 import type { PeerIdentity } from "../transport/handshake.ts";
 import { basename } from "node:path";
@@ -16,7 +16,7 @@ export interface TransferRequest {
   peer: string;
   destination?: string;
   streams?: number;
-  codec?: CodecName;
+  codec?: CodecSetting;
   chunkBytes?: number;
   overwrite?: boolean;
   maxBytesPerSec?: number;

@@ -1,7 +1,7 @@
 /** /v1/transfers: start, list, show, follow (server-sent events) and cancel file transfers. */
 import { Hono } from "hono";
 import { z } from "zod";
-import { CODECS } from "../../ffi/codec.ts";
+import { CODEC_SETTINGS } from "../encoding/codec_policy.ts";
 import type { TransferService } from "../agent/transfers.ts";
 import { LIMITS } from "../transport/receiver.ts";
 import { ApiError } from "./errors.ts";
@@ -14,7 +14,7 @@ const createTransfer = z.object({
   destination: z.string().optional(),
   streams: z.number().int().min(1, { message: `streams must be 1..${LIMITS.maxStreams}` })
     .max(LIMITS.maxStreams, { message: `streams must be 1..${LIMITS.maxStreams}` }).optional(),
-  codec: z.enum(CODECS, { message: `codec must be one of ${CODECS.join(", ")}` }).optional(),
+  codec: z.enum(CODEC_SETTINGS, { message: `codec must be one of ${CODEC_SETTINGS.join(", ")}` }).optional(),
   chunkBytes: z.number().int().min(LIMITS.minChunkBytes).max(LIMITS.maxChunkBytes).optional(),
   overwrite: z.boolean().optional(),
   maxBytesPerSec: z.number().int().min(1024, { message: "maxBytesPerSec must be at least 1024" }).optional(),

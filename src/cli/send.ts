@@ -1,7 +1,7 @@
 /** `dwcp send FILE --to PEER[:PATH]`: starts a transfer through the local agent and follows it. */
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { CODECS } from "../../ffi/codec.ts";
+import { CODEC_SETTINGS } from "../encoding/codec_policy.ts";
 import { TERMINAL_STATES } from "../obs/progress.ts";
 import { LIMITS } from "../transport/receiver.ts";
 import type { ApiClient, TransferSnapshot } from "./client.ts";
@@ -27,7 +27,7 @@ on stderr and a summary when it ends. Ctrl-C cancels the transfer.
                          file goes there (relative to its first root; default: FILE's name)
                          e.g. b:/srv/images/disk.img, 10.0.0.2:7701, 10.0.0.2:7701:images/
   --streams N            parallel TCP streams, 1..${LIMITS.maxStreams} (default: the agent's setting)
-  --codec NAME           ${CODECS.join(" | ")} (default: the agent's setting)
+  --codec NAME           ${CODEC_SETTINGS.join(" | ")} (default: the agent's setting; auto: chosen per chunk)
   --overwrite            replace PATH if it exists on the peer
   --no-wait              print the transfer id and exit without following it
 
@@ -89,7 +89,7 @@ export async function sendCommand(args: string[]): Promise<number> {
   if (!values.to) throw new UsageError("--to PEER[:PATH] is required");
   const { peer, path } = parsePeerSpec(values.to);
   const streams = wholeNumber("--streams", values.streams, 1, LIMITS.maxStreams);
-  const codec = oneOf("--codec", values.codec, CODECS);
+  const codec = oneOf("--codec", values.codec, CODEC_SETTINGS);
   const client = apiClient(values);
   return await runJob({
     kind: "transfer",

@@ -11,7 +11,7 @@
  * The bitmap has one bit per page of the chunk (LSB first), set for a zero page; its length follows
  * from rawLen. The checksum in the frame covers the raw bytes, so a decoding error is caught there.
  */
-import { Codec, type CodecName, codecName } from "../../ffi/codec.ts";
+import { Codec, type CodecName, codecName, CODECS } from "../../ffi/codec.ts";
 import { bitmapBytes as pageBitmapBytes, packPages, unpackPages, zeroPages } from "../../ffi/pages.ts";
 
 export const PAGE_BYTES = 4096;
@@ -30,57 +30,89 @@ export interface Encoded {
   encLen: number;
   /** The chunk consists of zero pages only. */
   allZero: boolean;
+  /** What the codec was given (the chunk less its zero pages) and what it made of it, for the policy. */
+  compression?: { codec: CodecName; inBytes: number; outBytes: number; elapsedMs: number };
 }
 
-/** One per stream: reuses its buffers and compression context from chunk to chunk. */
+/** Picks the codec for a chunk once its zero pages are gone: a fixed one, or the adaptive policy's. */
+export type CodecPicker = (body: Uint8Array) => CodecName;
+
+/** Bytes of a chunk that sampleRatio compresses to estimate the whole. */
+const SAMPLE_BYTES = 16 * 1024;
+
+/** One per stream: reuses its buffers and compression contexts from chunk to chunk. */
 export class ChunkEncoder {
-  readonly #codec?: Codec;
+  readonly #codecs = new Map<CodecName, Codec>();
   readonly #bitmap: Uint8Array;
   readonly #packed: Uint8Array;
   readonly #out: Uint8Array;
+  readonly #sample = new Uint8Array(Codec.bound("lz4", SAMPLE_BYTES));
 
   /** headroom: bytes kept free in front of every payload, for the caller's frame header. */
-  constructor(readonly codec: CodecName, readonly chunkBytes: number, readonly headroom: number) {
-    this.#codec = codec === "none" ? undefined : new Codec(codec);
+  constructor(readonly chunkBytes: number, readonly headroom: number) {
     this.#bitmap = new Uint8Array(bitmapBytes(chunkBytes));
     this.#packed = new Uint8Array(chunkBytes);
-    this.#out = new Uint8Array(headroom + this.#bitmap.length + Codec.bound(codec, chunkBytes));
+    const bound = Math.max(...CODECS.map((c) => Codec.bound(c, chunkBytes)));
+    this.#out = new Uint8Array(headroom + this.#bitmap.length + bound);
   }
 
-  /** Encodes the chunk at frame[headroom, headroom + rawLen). */
-  async encode(frame: Uint8Array, rawLen: number): Promise<Encoded> {
+  /** lz4's compressed/raw on a slice of body: a cheap estimate of how compressible it is. */
+  sampleRatio(body: Uint8Array): number {
+    const slice = body.subarray(0, SAMPLE_BYTES);
+    if (slice.length === 0) return 1;
+    return Math.min(1, this.#codec("lz4").compress(slice, this.#sample) / slice.length);
+  }
+
+  /** Encodes the chunk at frame[headroom, headroom + rawLen) with the codec pick chooses. */
+  async encode(frame: Uint8Array, rawLen: number, pick: CodecPicker): Promise<Encoded> {
     const raw = frame.subarray(this.headroom, this.headroom + rawLen);
     const plain = { flags: 0, codec: 0, frame, encLen: rawLen, allZero: false };
     const bitmap = this.#bitmap.subarray(0, bitmapBytes(rawLen));
-    const zeros = zeroPages(raw, PAGE_BYTES, bitmap);
-    if (zeros === 0 && !this.#codec) return plain;
-    const pages = zeros > 0;
+    const pages = zeroPages(raw, PAGE_BYTES, bitmap) > 0;
     const body = pages ? this.#packed.subarray(0, packPages(raw, PAGE_BYTES, bitmap, this.#packed)) : raw;
+    const name = body.length > 0 ? pick(body) : "none";
+    if (!pages && name === "none") return plain;
     const head = this.headroom + (pages ? bitmap.length : 0);
     if (pages) this.#out.set(bitmap, this.headroom);
     let codec = 0;
     let bodyLen = body.length;
-    if (this.#codec && body.length > 0) {
-      const n = await this.#codec.compressAsync(body, this.#out.subarray(head));
-      if (n < body.length) [codec, bodyLen] = [this.#codec.id, n];
+    let compression: Encoded["compression"];
+    if (name !== "none") {
+      const c = this.#codec(name);
+      const started = performance.now();
+      const n = await c.compressAsync(body, this.#out.subarray(head));
+      compression = {
+        codec: name,
+        inBytes: body.length,
+        outBytes: n,
+        elapsedMs: performance.now() - started,
+      };
+      if (n < body.length) [codec, bodyLen] = [c.id, n];
     }
     if (codec === 0) {
-      if (!pages) return plain;
+      if (!pages) return { ...plain, compression };
       this.#out.set(body, head);
     }
     const encLen = head - this.headroom + bodyLen;
-    if (encLen >= rawLen) return plain;
+    if (encLen >= rawLen) return { ...plain, compression };
     return {
       flags: pages ? FLAG_PAGES : 0,
       codec,
       frame: this.#out,
       encLen,
       allZero: body.length === 0,
+      compression,
     };
   }
 
+  #codec(name: CodecName): Codec {
+    let codec = this.#codecs.get(name);
+    if (!codec) this.#codecs.set(name, codec = new Codec(name));
+    return codec;
+  }
+
   close(): void {
-    this.#codec?.close();
+    for (const c of this.#codecs.values()) c.close();
   }
 }
 

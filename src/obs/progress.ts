@@ -32,6 +32,7 @@ export interface TransferSnapshot {
   chunkBytes: number;
   streams: StreamFigures[];
   retransmits: number;
+  encoding?: unknown;
   startedAt: string;
   finishedAt?: string;
   elapsedMs: number;
@@ -45,6 +46,9 @@ export class TransferProgress {
   retransmits = 0;
   error?: { code: string; message: string };
   readonly #meter = new RateMeter();
+  readonly #wireMeter = new RateMeter();
+  /** Extra figures shown under `encoding` (the adaptive codec policy's inputs and choices). */
+  encoding?: () => unknown;
   readonly #streams: { meter: RateMeter; wireBytes: number; frames: number; lost: boolean }[] = [];
   #wireBytes = 0;
   readonly #startMs: number;
@@ -78,12 +82,18 @@ export class TransferProgress {
   chunkDone(stream: number, rawBytes: number, wireBytes: number): void {
     const t = this.now();
     this.#meter.add(t, rawBytes);
+    this.#wireMeter.add(t, wireBytes);
     this.#wireBytes += wireBytes;
     const s = this.#streams[stream];
     s.meter.add(t, rawBytes);
     s.wireBytes += wireBytes;
     s.frames++;
     if (t - this.#lastNotifyMs >= this.notifyEveryMs) this.#notify(t);
+  }
+
+  /** Bytes per second the link carried lately (wire bytes acknowledged); 0 before it was measured. */
+  wireBytesPerSec(): number {
+    return this.#wireMeter.bytesPerSec(this.now());
   }
 
   streamLost(stream: number): void {
@@ -139,6 +149,7 @@ export class TransferProgress {
         bytesPerSec: this.#endMs ? 0 : s.meter.bytesPerSec(t),
       })),
       retransmits: this.retransmits,
+      encoding: this.encoding?.(),
       startedAt: new Date(this.#startMs).toISOString(),
       finishedAt: this.#endMs === undefined ? undefined : new Date(this.#endMs).toISOString(),
       elapsedMs,

@@ -1,5 +1,5 @@
 /** AMST control messages (JSON, length-prefixed; see wire.ts and docs/wire-format.md). */
-import type { CodecName } from "../../ffi/codec.ts";
+import type { CodecSetting } from "../encoding/codec_policy.ts";
 
 /** What a transfer delivers into: a file at a destination path, or a live stream into a named sink. */
 export type OpenTarget =
@@ -24,7 +24,7 @@ export interface OpenMessage {
   transferId: string;
   chunkBytes: number;
   streams: number;
-  codec: CodecName;
+  codec: CodecSetting;
   target: OpenTarget;
 }
 

@@ -5,7 +5,8 @@
  * hand it to the transfer's sink (a file, or a live stream such as a QEMU incoming socket), which
  * acknowledges it once stored or delivered. Any failure before commit drops what was received.
  */
-import { codecName, CODECS, xxh3Into } from "../../ffi/codec.ts";
+import { codecName, xxh3Into } from "../../ffi/codec.ts";
+import { CODEC_SETTINGS } from "../encoding/codec_policy.ts";
 import { ChunkDecoder } from "../encoding/chunk_codec.ts";
 import { PathError, type Roots } from "../agent/roots.ts";
 import { TransferProgress } from "../obs/progress.ts";
@@ -83,7 +84,7 @@ function validateOpen(m: OpenMessage): void {
   if (!Number.isInteger(m.streams) || m.streams < 1 || m.streams > LIMITS.maxStreams) {
     fail(`streams ${m.streams} is outside 1..${LIMITS.maxStreams}`);
   }
-  if (!CODECS.includes(m.codec)) fail(`codec "${m.codec}" is not supported`);
+  if (!CODEC_SETTINGS.includes(m.codec)) fail(`codec "${m.codec}" is not supported`);
   const t = m.target;
   if (t?.mode === "file") {
     if (typeof t.destination !== "string") fail("destination must be a string");

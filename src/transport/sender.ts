@@ -7,6 +7,7 @@
  */
 import type { CodecName } from "../../ffi/codec.ts";
 import { ChunkEncoder } from "../encoding/chunk_codec.ts";
+import { CodecPolicy, type CodecSetting, UNMEASURED_LINK_BYTES_PER_SEC } from "../encoding/codec_policy.ts";
 import type { TransferProgress } from "../obs/progress.ts";
 import { type ChunkSource, SourceError } from "./chunk_source.ts";
 import { dial, type PeerAddress, TransferError } from "./dial.ts";
@@ -52,7 +53,7 @@ export interface SendOptions {
   target: OpenTarget;
   streams: number;
   chunkBytes: number;
-  codec: CodecName;
+  codec: CodecSetting;
   maxRetries: number;
   /** Fail when no acknowledgement arrives for this long. */
   stallTimeoutMs: number;
@@ -79,6 +80,8 @@ export class OutgoingTransfer {
   #pendingCommit?: PromiseWithResolvers<CommittedMessage>;
   #pendingCancel?: PromiseWithResolvers<void>;
   readonly #bucket?: TokenBucket;
+  /** The adaptive codec policy, shared by the streams, when the codec is "auto". */
+  readonly #policy?: CodecPolicy;
 
   private constructor(
     opts: SendOptions,
@@ -93,6 +96,12 @@ export class OutgoingTransfer {
     this.#control = control;
     this.#windowChunks = accepted.windowChunks;
     if (opts.maxBytesPerSec) this.#bucket = new TokenBucket(opts.maxBytesPerSec, opts.chunkBytes, Date.now());
+    if (opts.codec === "auto") {
+      // Compressions run on FFI worker threads, at most one per stream and one per core at a time.
+      const policy = new CodecPolicy(["lz4", "zstd"], Math.min(opts.streams, navigator.hardwareConcurrency));
+      this.#policy = policy;
+      progress.encoding = () => policy.snapshot();
+    }
   }
 
   /**
@@ -282,7 +291,16 @@ export class OutgoingTransfer {
     const { chunkBytes, codec } = this.#opts;
     const transferId = uuidToBytes(this.#opts.transferId);
     const scratch = new Uint8Array(FRAME_HEADER_BYTES + chunkBytes);
-    const encoder = new ChunkEncoder(codec, chunkBytes, FRAME_HEADER_BYTES);
+    const encoder = new ChunkEncoder(chunkBytes, FRAME_HEADER_BYTES);
+    const policy = this.#policy;
+    let sampleRatio = 1;
+    const pick = policy
+      ? (body: Uint8Array) => {
+        sampleRatio = encoder.sampleRatio(body);
+        const linkBytesPerSec = this.#progress.wireBytesPerSec() || UNMEASURED_LINK_BYTES_PER_SEC;
+        return policy.choose({ linkBytesPerSec, sampleRatio }).codec;
+      }
+      : () => codec as CodecName;
     try {
       while (!stop() && !sched.done) {
         const seq = sched.next(stream);
@@ -292,7 +310,12 @@ export class OutgoingTransfer {
         }
         const chunk = this.#source.load(seq, scratch);
         // Zero pages and the codec shrink the payload; a chunk that gains nothing goes raw.
-        const { frame, flags, codec: codecId, encLen } = await encoder.encode(chunk.frame, chunk.length);
+        const { frame, flags, codec: codecId, encLen, compression: c } = await encoder.encode(
+          chunk.frame,
+          chunk.length,
+          pick,
+        );
+        if (c) policy?.observe(c.codec, c.inBytes, c.outBytes, c.elapsedMs, sampleRatio);
         encodeHeader({
           type: FrameType.Data,
           codec: codecId,

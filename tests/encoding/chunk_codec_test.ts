@@ -21,10 +21,10 @@ function chunkOf(pages: ("zero" | "random" | "text")[], seed = 1): Uint8Array {
 
 async function roundTrip(codec: "none" | "lz4" | "zstd" | "snappy", frame: Uint8Array) {
   const rawLen = frame.length - HEAD;
-  const encoder = new ChunkEncoder(codec, CHUNK, HEAD);
+  const encoder = new ChunkEncoder(CHUNK, HEAD);
   const decoder = new ChunkDecoder(CHUNK);
   try {
-    const enc = await encoder.encode(frame, rawLen);
+    const enc = await encoder.encode(frame, rawLen, () => codec);
     const payload = enc.frame.slice(HEAD, HEAD + enc.encLen);
     const out = new Uint8Array(rawLen);
     const allZero = enc.flags === 0 && enc.codec === 0
@@ -79,10 +79,10 @@ Deno.test("a partial last page that is zero counts as a zero page", async () => 
 
 Deno.test("corrupt payloads are reported, never thrown or silently accepted", async () => {
   const frame = chunkOf(Array.from({ length: 64 }, (_, i) => (i % 2 ? "text" : "zero") as "text" | "zero"));
-  const encoder = new ChunkEncoder("zstd", CHUNK, HEAD);
+  const encoder = new ChunkEncoder(CHUNK, HEAD);
   const decoder = new ChunkDecoder(CHUNK);
   try {
-    const enc = await encoder.encode(frame, CHUNK);
+    const enc = await encoder.encode(frame, CHUNK, () => "zstd");
     const payload = enc.frame.slice(HEAD, HEAD + enc.encLen);
     const out = new Uint8Array(CHUNK);
     assert.equal(
@@ -102,5 +102,17 @@ Deno.test("corrupt payloads are reported, never thrown or silently accepted", as
   } finally {
     encoder.close();
     decoder.close();
+  }
+});
+
+Deno.test("the sample ratio tells compressible from random bodies", () => {
+  const encoder = new ChunkEncoder(CHUNK, HEAD);
+  try {
+    const text = chunkOf(Array(8).fill("text")).subarray(HEAD);
+    const random = chunkOf(Array(8).fill("random")).subarray(HEAD);
+    assert.ok(encoder.sampleRatio(text) < 0.2, `text ${encoder.sampleRatio(text)}`);
+    assert.equal(encoder.sampleRatio(random), 1);
+  } finally {
+    encoder.close();
   }
 });

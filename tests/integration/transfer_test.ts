@@ -112,6 +112,24 @@ Deno.test({ name: "transfers between two agents", ...opts }, async (t) => {
       });
     }
 
+    await t.step("codec auto: on a slow link the policy spends CPU for ratio, and shows why", async () => {
+      const text = Array.from({ length: 400_000 }, (_, i) => `line ${i} status=ok host=h${i % 17}\n`).join("");
+      await Deno.writeTextFile(join(a.root, "auto.txt"), text);
+      const snap = await sendAndWait(a, {
+        source: "auto.txt",
+        peer: b.dataAddr,
+        codec: "auto",
+        chunkBytes: 256 * 1024,
+        maxBytesPerSec: 4 * MiB,
+      });
+      assert.equal(snap.state, "completed", JSON.stringify(snap.error));
+      const encoding = snap.encoding as { chosen: Record<string, number>; linkBytesPerSec: number };
+      assert.ok((encoding.chosen.zstd ?? 0) > 0, JSON.stringify(encoding));
+      assert.ok(encoding.linkBytesPerSec < 16 * MiB, `the link was measured: ${encoding.linkBytesPerSec}`);
+      assert.ok((snap.ratio as number) > 2, `ratio ${snap.ratio}`);
+      assert.equal(await Deno.readTextFile(join(b.root, "auto.txt")), text);
+    });
+
     await t.step("an empty file arrives as an empty file", async () => {
       await Deno.writeFile(join(a.root, "empty"), new Uint8Array());
       const snap = await sendAndWait(a, { source: "empty", peer: b.dataAddr });
