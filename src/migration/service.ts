@@ -332,7 +332,13 @@ export class OutgoingMigration {
       // QEMU caps migrations at 128 MiB/s by default; the agents' streams do the pacing instead.
       "max-bandwidth": this.req.maxBytesPerSec ?? 64 * 1024 * 1024 * 1024,
     });
-    qmp.on("MIGRATION", () => this.#poll());
+    qmp.on("MIGRATION", (ev) => {
+      // QEMU stamps its events with the host's clock: the moment the source handed over its last bytes.
+      if (ev.data?.status === "completed" && ev.timestamp) {
+        this.#completedAtMs ??= ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
+      }
+      this.#poll();
+    });
     await qmp.migrate(`unix:${path}`);
     const input = await listener.accept();
     closeQuietly(listener);

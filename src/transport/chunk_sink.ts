@@ -121,9 +121,17 @@ export class FileSink implements ChunkSink {
   }
 }
 
+interface Waiting {
+  data: Uint8Array;
+  checksum: Uint8Array;
+  ack: Ack;
+  /** For a chunk taken without a copy: settles once written, so the reader may reuse its buffer. */
+  written?: PromiseWithResolvers<void>;
+}
+
 export class StreamSink implements ChunkSink {
   readonly sizeBytes = undefined;
-  readonly #waiting = new Map<number, { data: Uint8Array; checksum: Uint8Array; ack: Ack }>();
+  readonly #waiting = new Map<number, Waiting>();
   readonly #arrived = new Signal();
   readonly #digest = new RunningDigest();
   #next = 0;
@@ -152,6 +160,13 @@ export class StreamSink implements ChunkSink {
       waiting.ack = ack;
       return Promise.resolve();
     }
+    if (h.seq === this.#next) {
+      // Next in line: written from the reader's own buffer, which the reader leaves alone until then.
+      const written = Promise.withResolvers<void>();
+      this.#waiting.set(h.seq, { data, checksum: h.checksum.slice(), ack, written });
+      this.#arrived.notify();
+      return written.promise;
+    }
     // The stream's buffer is reused for its next frame, so an early chunk is copied to wait its turn.
     this.#waiting.set(h.seq, { data: data.slice(), checksum: h.checksum.slice(), ack });
     this.#arrived.notify();
@@ -174,9 +189,11 @@ export class StreamSink implements ChunkSink {
           `the stream's consumer stopped reading: ${(err as Error).message}`,
         );
         this.#failed.resolve(this.#failure);
+        this.#release(this.#failure);
         this.#arrived.notify();
         return;
       }
+      chunk.written?.resolve();
       this.#digest.fold(chunk.checksum);
       this.#waiting.delete(this.#next);
       this.#deliveredBytes += chunk.data.length;
@@ -208,8 +225,14 @@ export class StreamSink implements ChunkSink {
     closeQuietly(this.output);
   }
 
+  /** Lets every reader waiting on a chunk taken without a copy go on (with the failure, if any). */
+  #release(failure?: Error): void {
+    for (const w of this.#waiting.values()) failure ? w.written?.reject(failure) : w.written?.resolve();
+  }
+
   async abort(): Promise<void> {
     this.#stopped = true;
+    this.#release();
     this.#arrived.notify();
     closeQuietly(this.output);
     await this.#delivering;

@@ -113,7 +113,9 @@ Deno.test({ name: "transfers between two agents", ...opts }, async (t) => {
     }
 
     await t.step("codec auto: on a slow link the policy spends CPU for ratio, and shows why", async () => {
-      const text = Array.from({ length: 400_000 }, (_, i) => `line ${i} status=ok host=h${i % 17}\n`).join("");
+      const text = Array.from({ length: 400_000 }, (_, i) => `line ${i} status=ok host=h${i % 17}\n`).join(
+        "",
+      );
       await Deno.writeTextFile(join(a.root, "auto.txt"), text);
       const snap = await sendAndWait(a, {
         source: "auto.txt",

@@ -375,11 +375,13 @@ Deno.test("stream sink: an ack waits for the consumer to take the chunk", async 
   const sink = new StreamSink("s", out);
   let acked = 0;
   const ack = () => (acked++, Promise.resolve());
-  await sink.accept(header(0, 0, chunks[0]), chunks[0], ack);
+  // The next chunk in line is written from the caller's buffer: its accept settles once written.
+  const first = sink.accept(header(0, 0, chunks[0]), chunks[0], ack);
   await sink.accept(header(1, 5000, chunks[1]), chunks[1], ack);
   await settle();
   assert.equal(acked, 0, "a consumer that does not read holds back the acknowledgement");
   out.open();
+  await first;
   await settle();
   assert.equal(acked, 2);
   assert.deepEqual(concat(out.written), concat(chunks));
@@ -432,9 +434,9 @@ Deno.test("stream sink: commit waits for chunks still being delivered", async ()
   const at = offsets(chunks);
   const out = new GatedOutput(false);
   const sink = new StreamSink("s", out);
-  for (const seq of [1, 0, 2]) {
-    await sink.accept(header(seq, at[seq], chunks[seq]), chunks[seq], () => Promise.resolve());
-  }
+  const accepted = [1, 0, 2].map((seq) =>
+    sink.accept(header(seq, at[seq], chunks[seq]), chunks[seq], () => Promise.resolve())
+  );
   let committed = false;
   const commit = sink.commit(commitFor(chunks)).then(() => committed = true);
   await settle();
@@ -442,6 +444,7 @@ Deno.test("stream sink: commit waits for chunks still being delivered", async ()
   assert.equal(out.closed, false);
   out.open();
   await commit;
+  await Promise.all(accepted);
   assert.deepEqual(concat(out.written), concat(chunks));
   assert.ok(out.closed);
 });
@@ -528,9 +531,10 @@ Deno.test("stream sink: abort closes the output, also while a write is stuck", a
   const stuck = new GatedOutput(false);
   const sink2 = new StreamSink("s", stuck);
   let acked = false;
-  await sink2.accept(header(0, 0, data), data, () => (acked = true, Promise.resolve()));
+  const accepted = sink2.accept(header(0, 0, data), data, () => (acked = true, Promise.resolve()));
   await settle();
   await sink2.abort(); // the consumer never reads: abort must not wait for it
+  await accepted; // and the reader waiting on its chunk is let go
   assert.ok(stuck.closed);
   assert.equal(acked, false);
 });
@@ -546,7 +550,7 @@ Deno.test("stream sink: a consumer that went away fails what comes next with sin
   await settle();
   assert.equal(acked, 1);
   consumer.close();
-  await sink.accept(header(1, at[1], chunks[1]), chunks[1], ack);
+  await rejectsWithCode(sink.accept(header(1, at[1], chunks[1]), chunks[1], ack), "sink_failed");
   await settle();
   assert.equal(acked, 1, "a chunk the consumer did not take is not acknowledged");
   await rejectsWithCode(sink.accept(header(2, at[2], chunks[2]), chunks[2], ack), "sink_failed");
