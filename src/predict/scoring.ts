@@ -1,7 +1,9 @@
 /**
  * PBA online predictor choice, sans IO: samples come in one per step; every predictor forecasts the
  * sample horizonSteps ahead; when that sample arrives the forecasts are resolved and scored; the
- * predictor with the lowest rolling MAPE over the last windowForecasts resolutions is the one to use.
+ * predictor with the lowest rolling MAPE over the last windowForecasts resolutions is the one to use
+ * (or the lowest MAE, by option: MAPE favours forecasts that err low, because an APE is at most 1 below
+ * the actual and unbounded above it; see bench/predict_eval.ts for both on real traces).
  *
  * Steps, not milliseconds: the caller feeds samples at a regular interval (one bin), the same step the
  * predictors' horizons count in. Nothing here reads a clock. The state is a function of the samples fed,
@@ -14,24 +16,29 @@ export interface ScoringOptions {
   horizonSteps: number;
   /** Resolved forecasts each predictor's rolling error covers. */
   windowForecasts?: number;
-  /** Resolutions with a non-zero actual needed before leaving the default predictor. */
+  /** Resolutions (with a non-zero actual, for MAPE) needed before leaving the default predictor. */
   minResolved?: number;
   /** Most recent samples handed to the predictors: bounds work per step and memory. */
   historySteps?: number;
   /** Name of the predictor used until the scores mean something; the first one if not given. */
   defaultPredictor?: string;
   /**
-   * A challenger replaces the current choice only when its MAPE is lower by this share, so two
+   * A challenger replaces the current choice only when its error is lower by this share, so two
    * predictors that score alike do not take turns.
    */
   switchMargin?: number;
+  /** The rolling error that ranks the predictors. */
+  metric?: ScoringMetric;
 }
+
+export type ScoringMetric = "mape" | "mae";
 
 export const SCORING_DEFAULTS = {
   windowForecasts: 60,
   minResolved: 10,
   historySteps: 120,
   switchMargin: 0.05,
+  metric: "mape" as ScoringMetric,
 };
 
 /** Pending forecasts are one per step of the horizon; this caps them (and the horizon). */
@@ -125,6 +132,7 @@ export class PredictorScoring {
   readonly minResolved: number;
   readonly historySteps: number;
   readonly switchMargin: number;
+  readonly metric: ScoringMetric;
   readonly #history: number[] = [];
   readonly #pending: Pending[] = [];
   readonly #errors: ErrorWindow[];
@@ -151,6 +159,10 @@ export class PredictorScoring {
     this.minResolved = o.minResolved;
     this.historySteps = o.historySteps;
     this.switchMargin = o.switchMargin;
+    if (o.metric !== "mape" && o.metric !== "mae") {
+      throw new RangeError(`metric = ${o.metric}; give "mape" or "mae"`);
+    }
+    this.metric = o.metric;
     this.#errors = predictors.map(() => new ErrorWindow(o.windowForecasts));
     this.#chosen = o.defaultPredictor === undefined
       ? 0
@@ -237,19 +249,22 @@ export class PredictorScoring {
   #rechoose(): void {
     const stats = this.#errors.map((w) => w.stats());
     // Every predictor is resolved against the same samples, so one count says whether the scores are ripe.
-    if (stats[this.#chosen].mapeCount < this.minResolved) return;
+    const ripe = this.metric === "mape" ? stats[this.#chosen].mapeCount : this.#errors[this.#chosen].resolved;
+    if (ripe < this.minResolved) return;
     // A predictor that answered NaN has no score, and must not hold the choice.
-    const mape = stats.map((s) => Number.isNaN(s.mape) ? Infinity : s.mape);
+    const err = stats.map((s) => this.metric === "mape" ? s.mape : s.mae).map((e) =>
+      Number.isNaN(e) ? Infinity : e
+    );
     let challenger = 0;
-    for (let i = 1; i < mape.length; i++) {
+    for (let i = 1; i < err.length; i++) {
       // Strictly lower: on a tie the earlier (simpler) predictor keeps its place.
-      if (mape[i] < mape[challenger]) challenger = i;
+      if (err[i] < err[challenger]) challenger = i;
     }
     if (challenger === this.#chosen) return;
-    const current = mape[this.#chosen];
-    const lowerEnough = mape[challenger] < current * (1 - this.switchMargin);
+    const current = err[this.#chosen];
+    const lowerEnough = err[challenger] < current * (1 - this.switchMargin);
     // An exact tie with an earlier predictor also moves, so ties end on the simpler one.
-    const tieToSimpler = mape[challenger] === current && challenger < this.#chosen;
+    const tieToSimpler = err[challenger] === current && challenger < this.#chosen;
     if (lowerEnough || tieToSimpler) {
       this.#chosen = challenger;
       this.#switches++;
