@@ -47,6 +47,11 @@ const PRIOR_SAVINGS_TO_LZ4: Partial<Record<CodecName, number>> = { lz4: 1, snapp
 const MIN_SAMPLE_SAVINGS = 0.02;
 /** Weight of a new measurement in the running averages. */
 const ALPHA = 0.2;
+/**
+ * Every this many chunks that are worth compressing, one goes to the next candidate in turn: a codec is
+ * measured only when used, and without these probes an early unlucky estimate would never be revised.
+ */
+const PROBE_EVERY = 16;
 
 export class CodecPolicy {
   readonly #speed = new Map<CodecName, number>();
@@ -54,6 +59,7 @@ export class CodecPolicy {
   readonly #chosen = new Map<CodecName, number>();
   #last?: CodecChoice & PolicyInputs;
   #link = 0;
+  #compressible = 0;
 
   /** candidates: the codecs it may pick besides "none"; workers: compressions that can run at once. */
   constructor(readonly candidates: CodecName[], readonly workers: number) {
@@ -72,6 +78,10 @@ export class CodecPolicy {
       const expected = Math.min(this.#speed.get(codec)! * this.workers, inputs.linkBytesPerSec / ratio);
       // Prefer the cheaper choice unless the gain is real (5 %), so noise does not flip codecs.
       if (expected > best.expectedBytesPerSec * 1.05) best = { codec, expectedBytesPerSec: expected };
+    }
+    if (best.codec !== "none" && ++this.#compressible % PROBE_EVERY === 0) {
+      const probe = this.candidates[(this.#compressible / PROBE_EVERY) % this.candidates.length];
+      best = { codec: probe, expectedBytesPerSec: best.expectedBytesPerSec };
     }
     this.#chosen.set(best.codec, (this.#chosen.get(best.codec) ?? 0) + 1);
     this.#last = { ...best, ...inputs };

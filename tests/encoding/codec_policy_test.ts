@@ -37,3 +37,15 @@ Deno.test("measurements move the choice: a slow compressor here loses to raw", (
   assert.deepEqual(snap.chosen, { zstd: 1, none: 1 });
   assert.equal(snap.last?.codec, "none");
 });
+
+Deno.test("a codec that lost on an early estimate is probed again and can win back", () => {
+  const p = new CodecPolicy(["lz4", "zstd"], 2);
+  const link = { linkBytesPerSec: 12 * MB, sampleRatio: 0.6 };
+  // zstd looked poor at first: learned to save barely more than lz4's sample.
+  for (let i = 0; i < 30; i++) p.observe("zstd", 1_000_000, 560_000, 3, 0.6);
+  const first = Array.from({ length: 32 }, () => p.choose(link).codec);
+  assert.ok(first.includes("zstd"), "zstd is still probed now and then");
+  // The probes show zstd saves much more than the sample suggested: it wins again.
+  for (let i = 0; i < 30; i++) p.observe("zstd", 1_000_000, 250_000, 3, 0.6);
+  assert.equal(p.choose(link).codec, "zstd");
+});
