@@ -37,7 +37,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Codec, type CodecName } from "../ffi/codec.ts";
 import { packPages, zeroPages } from "../ffi/pages.ts";
-import { CodecPolicy } from "../src/encoding/codec_policy.ts";
+import { AUTO_CANDIDATES, CodecPolicy, specKey } from "../src/encoding/codec_policy.ts";
 import {
   bitmapBytes,
   ChunkDecoder,
@@ -62,7 +62,6 @@ const SMALL_SAMPLE_BYTES = 64 * MiB;
 const INTERNET_BYTES_PER_SEC = 12.5e6;
 const DATACENTER_BYTES_PER_SEC = 1.25e9;
 /** The candidates the sender gives the policy (src/transport/sender.ts). */
-const AUTO_CANDIDATES: CodecName[] = ["lz4", "zstd"];
 /** Every VERIFY_EVERY-th chunk is decoded and compared (untimed). */
 const VERIFY_EVERY = 8;
 /** On q35, RAM up to 2816 MiB sits contiguously from physical address 0; above, part moves past 4 GiB. */
@@ -467,9 +466,9 @@ function auto(label: string, linkBytesPerSec: number): Method {
   let picked = "";
   const pick = (body: Uint8Array) => {
     sampleRatio = enc.sampleRatio(body);
-    const codec = policy.choose({ linkBytesPerSec, sampleRatio }).codec;
-    picked = codec;
-    return codec;
+    const choice = policy.choose({ linkBytesPerSec, sampleRatio });
+    picked = specKey(choice);
+    return choice;
   };
   const picks: Record<string, AutoPick> = {};
   return {
@@ -478,7 +477,7 @@ function auto(label: string, linkBytesPerSec: number): Method {
       picked = "";
       const r = await enc.encode(f, n, pick);
       const c = r.compression;
-      if (c) policy.observe(c.codec, c.inBytes, c.outBytes, c.elapsedMs, sampleRatio);
+      if (c) policy.observe(c, c.inBytes, c.outBytes, c.elapsedMs, sampleRatio);
       // The encoder asks for no codec when the chunk is zero pages only.
       const key = picked || "(all-zero chunk)";
       const p = picks[key] ??= { chunks: 0, inBytes: 0, outBytes: 0, meanSampleRatio: 0 };
@@ -727,7 +726,9 @@ try {
       `${chunkKiB} KiB chunks, MB/s = 10^6 raw bytes per second of read + encode; saved % without the ` +
       `${FRAME_HEADER_BYTES}-byte frame header. † zstd -1 / zstd 1: ChunkEncoder's steps with Codec(level) ` +
       `in this script (ChunkEncoder takes only the default level), checked equal to ChunkEncoder at level 3. ` +
-      `auto: CodecPolicy([${AUTO_CANDIDATES.join(", ")}], workers 1) at a fixed link rate. Every ` +
+      `auto: CodecPolicy([${
+        AUTO_CANDIDATES.map(specKey).join(", ")
+      }], workers 1) at a fixed link rate. Every ` +
       `${VERIFY_EVERY}th chunk decoded and compared. CLI rows: whole file as one stream, wall time of the ` +
       `process, output to /dev/shm. ${versions}.`,
   );

@@ -12,6 +12,7 @@
  * from rawLen. The checksum in the frame covers the raw bytes, so a decoding error is caught there.
  */
 import { Codec, type CodecName, codecName, CODECS } from "../../ffi/codec.ts";
+import { type CodecSpec, specKey } from "./codec_policy.ts";
 import { bitmapBytes as pageBitmapBytes, packPages, unpackPages, zeroPages } from "../../ffi/pages.ts";
 
 export const PAGE_BYTES = 4096;
@@ -31,18 +32,18 @@ export interface Encoded {
   /** The chunk consists of zero pages only. */
   allZero: boolean;
   /** What the codec was given (the chunk less its zero pages) and what it made of it, for the policy. */
-  compression?: { codec: CodecName; inBytes: number; outBytes: number; elapsedMs: number };
+  compression?: CodecSpec & { inBytes: number; outBytes: number; elapsedMs: number };
 }
 
-/** Picks the codec for a chunk once its zero pages are gone: a fixed one, or the adaptive policy's. */
-export type CodecPicker = (body: Uint8Array) => CodecName;
+/** Picks the codec (and level) for a chunk once its zero pages are gone: fixed, or the adaptive policy's. */
+export type CodecPicker = (body: Uint8Array) => CodecName | CodecSpec;
 
 /** Bytes of a chunk that sampleRatio compresses to estimate the whole. */
 const SAMPLE_BYTES = 16 * 1024;
 
 /** One per stream: reuses its buffers and compression contexts from chunk to chunk. */
 export class ChunkEncoder {
-  readonly #codecs = new Map<CodecName, Codec>();
+  readonly #codecs = new Map<string, Codec>();
   readonly #bitmap: Uint8Array;
   readonly #packed: Uint8Array;
   readonly #out: Uint8Array;
@@ -60,7 +61,7 @@ export class ChunkEncoder {
   sampleRatio(body: Uint8Array): number {
     const slice = body.subarray(0, SAMPLE_BYTES);
     if (slice.length === 0) return 1;
-    return Math.min(1, this.#codec("lz4").compress(slice, this.#sample) / slice.length);
+    return Math.min(1, this.#codec({ codec: "lz4" }).compress(slice, this.#sample) / slice.length);
   }
 
   /** Encodes the chunk at frame[headroom, headroom + rawLen) with the codec pick chooses. */
@@ -70,19 +71,20 @@ export class ChunkEncoder {
     const bitmap = this.#bitmap.subarray(0, bitmapBytes(rawLen));
     const pages = zeroPages(raw, PAGE_BYTES, bitmap) > 0;
     const body = pages ? this.#packed.subarray(0, packPages(raw, PAGE_BYTES, bitmap, this.#packed)) : raw;
-    const name = body.length > 0 ? pick(body) : "none";
-    if (!pages && name === "none") return plain;
+    const picked = body.length > 0 ? pick(body) : "none";
+    const spec: CodecSpec = typeof picked === "string" ? { codec: picked } : picked;
+    if (!pages && spec.codec === "none") return plain;
     const head = this.headroom + (pages ? bitmap.length : 0);
     if (pages) this.#out.set(bitmap, this.headroom);
     let codec = 0;
     let bodyLen = body.length;
     let compression: Encoded["compression"];
-    if (name !== "none") {
-      const c = this.#codec(name);
+    if (spec.codec !== "none") {
+      const c = this.#codec(spec);
       const started = performance.now();
       const n = await c.compressAsync(body, this.#out.subarray(head));
       compression = {
-        codec: name,
+        ...spec,
         inBytes: body.length,
         outBytes: n,
         elapsedMs: performance.now() - started,
@@ -105,9 +107,10 @@ export class ChunkEncoder {
     };
   }
 
-  #codec(name: CodecName): Codec {
-    let codec = this.#codecs.get(name);
-    if (!codec) this.#codecs.set(name, codec = new Codec(name));
+  #codec(spec: CodecSpec): Codec {
+    const key = specKey(spec);
+    let codec = this.#codecs.get(key);
+    if (!codec) this.#codecs.set(key, codec = new Codec(spec.codec, spec.level));
     return codec;
   }
 

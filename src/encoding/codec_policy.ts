@@ -19,8 +19,25 @@ export const CODEC_SETTINGS: readonly CodecSetting[] = [...CODECS, "auto"];
 /** What the policy assumes of a link it has not measured yet: fast, so it starts by sending raw. */
 export const UNMEASURED_LINK_BYTES_PER_SEC = 1.25e9;
 
-export interface CodecChoice {
+/** A codec at a level (zstd); the level does not travel: decoders read any level. */
+export interface CodecSpec {
   codec: CodecName;
+  level?: number;
+}
+
+export function specKey(spec: CodecSpec): string {
+  return spec.level === undefined ? spec.codec : `${spec.codec}:${spec.level}`;
+}
+
+/** What "auto" chooses from besides sending raw: fast lz4, and zstd from cheap to thorough. */
+export const AUTO_CANDIDATES: readonly CodecSpec[] = [
+  { codec: "lz4" },
+  { codec: "zstd", level: 1 },
+  { codec: "zstd", level: 3 },
+  { codec: "zstd", level: 9 },
+];
+
+export interface CodecChoice extends CodecSpec {
   /** Raw bytes per second the policy expects end to end with this codec. */
   expectedBytesPerSec: number;
 }
@@ -39,10 +56,18 @@ export interface PolicySnapshot {
   last?: CodecChoice & PolicyInputs;
 }
 
-/** Starting points until this host's own measurements arrive (MB/s on VM-memory-like data, 1 core). */
-const PRIOR_SPEED: Partial<Record<CodecName, number>> = { lz4: 1100e6, snappy: 1300e6, zstd: 600e6 };
-/** How each codec's savings compare with lz4's on the same bytes, before measurements. */
-const PRIOR_SAVINGS_TO_LZ4: Partial<Record<CodecName, number>> = { lz4: 1, snappy: 0.95, zstd: 1.3 };
+/**
+ * Starting points until this host's own measurements arrive: bytes/s on one core and savings relative
+ * to lz4's, as bench/hde_vs_cli.ts measured them on VM memory on the 2-core build machines.
+ */
+const PRIORS: Record<string, { bytesPerSec: number; savingsToLz4: number }> = {
+  lz4: { bytesPerSec: 830e6, savingsToLz4: 1 },
+  snappy: { bytesPerSec: 780e6, savingsToLz4: 1 },
+  zstd: { bytesPerSec: 340e6, savingsToLz4: 1.13 },
+  "zstd:1": { bytesPerSec: 560e6, savingsToLz4: 1.08 },
+  "zstd:3": { bytesPerSec: 340e6, savingsToLz4: 1.13 },
+  "zstd:9": { bytesPerSec: 60e6, savingsToLz4: 1.2 },
+};
 /** Samples that saved less than this say nothing about a codec's relative savings. */
 const MIN_SAMPLE_SAVINGS = 0.02;
 /** Weight of a new measurement in the running averages. */
@@ -54,49 +79,52 @@ const ALPHA = 0.2;
 const PROBE_EVERY = 16;
 
 export class CodecPolicy {
-  readonly #speed = new Map<CodecName, number>();
-  readonly #savingsToSample = new Map<CodecName, number>();
-  readonly #chosen = new Map<CodecName, number>();
+  readonly #speed = new Map<string, number>();
+  readonly #savingsToSample = new Map<string, number>();
+  readonly #chosen = new Map<string, number>();
   #last?: CodecChoice & PolicyInputs;
   #link = 0;
   #compressible = 0;
 
   /** candidates: the codecs it may pick besides "none"; workers: compressions that can run at once. */
-  constructor(readonly candidates: CodecName[], readonly workers: number) {
+  constructor(readonly candidates: readonly CodecSpec[], readonly workers: number) {
     for (const c of candidates) {
-      this.#speed.set(c, PRIOR_SPEED[c] ?? 500e6);
-      this.#savingsToSample.set(c, PRIOR_SAVINGS_TO_LZ4[c] ?? 1);
+      const prior = PRIORS[specKey(c)] ?? { bytesPerSec: 300e6, savingsToLz4: 1 };
+      this.#speed.set(specKey(c), prior.bytesPerSec);
+      this.#savingsToSample.set(specKey(c), prior.savingsToLz4);
     }
   }
 
   choose(inputs: PolicyInputs): CodecChoice {
     this.#link = inputs.linkBytesPerSec;
     let best: CodecChoice = { codec: "none", expectedBytesPerSec: inputs.linkBytesPerSec };
-    for (const codec of this.candidates) {
-      const savings = (1 - inputs.sampleRatio) * this.#savingsToSample.get(codec)!;
+    for (const spec of this.candidates) {
+      const key = specKey(spec);
+      const savings = (1 - inputs.sampleRatio) * this.#savingsToSample.get(key)!;
       const ratio = Math.min(1, Math.max(0.01, 1 - savings));
-      const expected = Math.min(this.#speed.get(codec)! * this.workers, inputs.linkBytesPerSec / ratio);
+      const expected = Math.min(this.#speed.get(key)! * this.workers, inputs.linkBytesPerSec / ratio);
       // Prefer the cheaper choice unless the gain is real (5 %), so noise does not flip codecs.
-      if (expected > best.expectedBytesPerSec * 1.05) best = { codec, expectedBytesPerSec: expected };
+      if (expected > best.expectedBytesPerSec * 1.05) best = { ...spec, expectedBytesPerSec: expected };
     }
     if (best.codec !== "none" && ++this.#compressible % PROBE_EVERY === 0) {
       const probe = this.candidates[(this.#compressible / PROBE_EVERY) % this.candidates.length];
-      best = { codec: probe, expectedBytesPerSec: best.expectedBytesPerSec };
+      best = { ...probe, expectedBytesPerSec: best.expectedBytesPerSec };
     }
-    this.#chosen.set(best.codec, (this.#chosen.get(best.codec) ?? 0) + 1);
+    this.#chosen.set(specKey(best), (this.#chosen.get(specKey(best)) ?? 0) + 1);
     this.#last = { ...best, ...inputs };
     return best;
   }
 
   /** A compression of rawBytes into wireBytes took elapsedMs; sampleRatio is what the sample said. */
   observe(
-    codec: CodecName,
+    spec: CodecSpec,
     rawBytes: number,
     wireBytes: number,
     elapsedMs: number,
     sampleRatio: number,
   ): void {
-    if (codec === "none" || rawBytes === 0) return;
+    const codec = specKey(spec);
+    if (spec.codec === "none" || rawBytes === 0) return;
     if (elapsedMs > 0) this.#blend(this.#speed, codec, (rawBytes * 1000) / elapsedMs);
     const sampleSavings = 1 - sampleRatio;
     if (sampleSavings >= MIN_SAMPLE_SAVINGS) {
@@ -109,9 +137,9 @@ export class CodecPolicy {
       linkBytesPerSec: this.#link,
       workers: this.workers,
       codecs: Object.fromEntries(
-        this.candidates.map((c) => [c, {
-          compressBytesPerSec: this.#speed.get(c)!,
-          savingsToSample: this.#savingsToSample.get(c)!,
+        this.candidates.map((c) => [specKey(c), {
+          compressBytesPerSec: this.#speed.get(specKey(c))!,
+          savingsToSample: this.#savingsToSample.get(specKey(c))!,
         }]),
       ),
       chosen: Object.fromEntries(this.#chosen),
@@ -119,7 +147,7 @@ export class CodecPolicy {
     };
   }
 
-  #blend(map: Map<CodecName, number>, codec: CodecName, value: number): void {
+  #blend(map: Map<string, number>, codec: string, value: number): void {
     const old = map.get(codec);
     if (old !== undefined) map.set(codec, old + ALPHA * (value - old));
   }

@@ -7,7 +7,12 @@
  */
 import type { CodecName } from "../../ffi/codec.ts";
 import { ChunkEncoder } from "../encoding/chunk_codec.ts";
-import { CodecPolicy, type CodecSetting, UNMEASURED_LINK_BYTES_PER_SEC } from "../encoding/codec_policy.ts";
+import {
+  AUTO_CANDIDATES,
+  CodecPolicy,
+  type CodecSetting,
+  UNMEASURED_LINK_BYTES_PER_SEC,
+} from "../encoding/codec_policy.ts";
 import type { TransferProgress } from "../obs/progress.ts";
 import { type ChunkSource, SourceError } from "./chunk_source.ts";
 import { dial, type PeerAddress, TransferError } from "./dial.ts";
@@ -98,7 +103,7 @@ export class OutgoingTransfer {
     if (opts.maxBytesPerSec) this.#bucket = new TokenBucket(opts.maxBytesPerSec, opts.chunkBytes, Date.now());
     if (opts.codec === "auto") {
       // Compressions run on FFI worker threads, at most one per stream and one per core at a time.
-      const policy = new CodecPolicy(["lz4", "zstd"], Math.min(opts.streams, navigator.hardwareConcurrency));
+      const policy = new CodecPolicy(AUTO_CANDIDATES, Math.min(opts.streams, navigator.hardwareConcurrency));
       this.#policy = policy;
       progress.encoding = () => policy.snapshot();
     }
@@ -298,7 +303,7 @@ export class OutgoingTransfer {
       ? (body: Uint8Array) => {
         sampleRatio = encoder.sampleRatio(body);
         const linkBytesPerSec = this.#progress.wireBytesPerSec() || UNMEASURED_LINK_BYTES_PER_SEC;
-        return policy.choose({ linkBytesPerSec, sampleRatio }).codec;
+        return policy.choose({ linkBytesPerSec, sampleRatio });
       }
       : () => codec as CodecName;
     try {
@@ -315,7 +320,7 @@ export class OutgoingTransfer {
           chunk.length,
           pick,
         );
-        if (c) policy?.observe(c.codec, c.inBytes, c.outBytes, c.elapsedMs, sampleRatio);
+        if (c) policy?.observe(c, c.inBytes, c.outBytes, c.elapsedMs, sampleRatio);
         encodeHeader({
           type: FrameType.Data,
           codec: codecId,
