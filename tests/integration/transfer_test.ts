@@ -266,47 +266,49 @@ Deno.test({ name: "an agent with another secret is refused", ...opts }, async ()
   }
 });
 
+/**
+ * Two fresh agents and a 32 MiB transfer from a to b capped at 8 MiB/s, so that it is still under way
+ * when agent `watch` has seen 2 MiB go through; then agent `kill` is killed and `check` runs.
+ */
+async function killMidTransfer(
+  watch: "a" | "b",
+  kill: "a" | "b",
+  check: (agents: { a: TestAgent; b: TestAgent }, id: string) => Promise<void>,
+): Promise<void> {
+  const agents = { a: await startAgent({ id: "a" }), b: await startAgent({ id: "b" }) };
+  const { a, b } = agents;
+  try {
+    await writeRandomFile(join(a.root, "f.bin"), 32 * MiB);
+    const res = await send(a, { source: "f.bin", peer: b.dataAddr, maxBytesPerSec: 8 * MiB });
+    assert.equal(res.status, 201);
+    await until(agents[watch], res.body.id, (s) => (s.bytesDone as number) > 2 * MiB);
+    await agents[kill].kill();
+    await check(agents, res.body.id);
+  } finally {
+    await a.stop();
+    await b.stop();
+  }
+}
+
 Deno.test(
   { name: "a receiver that dies mid-transfer fails it; the sender keeps running", ...opts },
-  async () => {
-    const a = await startAgent({ id: "a" });
-    const b = await startAgent({ id: "b" });
-    try {
-      await writeRandomFile(join(a.root, "f.bin"), 32 * MiB);
-      const res = await send(a, { source: "f.bin", peer: b.dataAddr, maxBytesPerSec: 8 * MiB });
-      assert.equal(res.status, 201);
-      await until(a, res.body.id, (s) => (s.bytesDone as number) > 2 * MiB);
-      await b.kill();
-      const snap = await waitForTransfer(a, res.body.id) as Snapshot;
+  () =>
+    killMidTransfer("a", "b", async ({ a, b }, id) => {
+      const snap = await waitForTransfer(a, id) as Snapshot;
       assert.equal(snap.state, "failed");
       assert.ok((snap.bytesDone as number) < 32 * MiB);
       assert.ok(!(await listDir(b.root)).includes("f.bin"), "no file presented as complete");
       assert.equal((await a.json("/v1/health")).status, 200, "the sending agent is still up");
-    } finally {
-      await a.stop();
-      await b.stop();
-    }
-  },
+    }),
 );
 
 Deno.test(
   { name: "a sender that dies mid-transfer: the receiver drops the partial file", ...opts },
-  async () => {
-    const a = await startAgent({ id: "a" });
-    const b = await startAgent({ id: "b" });
-    try {
-      await writeRandomFile(join(a.root, "f.bin"), 32 * MiB);
-      const res = await send(a, { source: "f.bin", peer: b.dataAddr, maxBytesPerSec: 8 * MiB });
-      assert.equal(res.status, 201);
-      await until(b, res.body.id, (s) => (s.bytesDone as number) > 2 * MiB);
-      await a.kill();
-      const incoming = await waitForTransfer(b, res.body.id) as Snapshot;
+  () =>
+    killMidTransfer("b", "a", async ({ b }, id) => {
+      const incoming = await waitForTransfer(b, id) as Snapshot;
       assert.equal(incoming.state, "failed");
       assert.equal(incoming.error?.code, "peer_closed");
       assert.deepEqual(await listDir(b.root), []);
-    } finally {
-      await a.stop();
-      await b.stop();
-    }
-  },
+    }),
 );
