@@ -55,8 +55,9 @@ export function incomingMigrationHandler(deps: IncomingDeps) {
     try {
       const socket = join(vm.runDir, "incoming.sock");
       await deps.vms.qmp(spec.name).migrateIncoming(`unix:${socket}`);
-      const input = await connectUnix(socket, 10_000);
-      withdraw = deps.sinks.register(sinkName, input);
+      // QEMU listens there for the migration stream; the sink writes what the streams deliver into it.
+      const toQemu = await connectUnix(socket, 10_000);
+      withdraw = deps.sinks.register(sinkName, toQemu);
       await sendMessage(conn, { type: "prepared", sink: sinkName } satisfies PreparedMessage);
 
       let guestRuns = false;
