@@ -1,5 +1,5 @@
 /** The agent's transfers, outgoing and incoming: start, look up, follow, cancel. Bounded history. */
-import type { CodecSetting } from "../encoding/codec_policy.ts";
+import { AUTO_CHUNK_BYTES, type CodecSetting } from "../encoding/codec_policy.ts";
 import { TransferProgress, type TransferSnapshot } from "../obs/progress.ts";
 import type { PeerIdentity } from "../transport/handshake.ts";
 import { basename } from "node:path";
@@ -59,7 +59,7 @@ export class TransferService {
     const id = crypto.randomUUID();
     const streams = req.streams ?? t.streams;
     const codec = req.codec ?? t.codec;
-    const chunkBytes = req.chunkBytes ?? t.chunkBytes;
+    const chunkBytes = req.chunkBytes ?? (codec === "auto" ? AUTO_CHUNK_BYTES : t.chunkBytes);
     const progress = new TransferProgress({
       id,
       direction: "send",

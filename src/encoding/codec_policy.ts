@@ -16,6 +16,13 @@ import { type CodecName, CODECS } from "../../ffi/codec.ts";
 export type CodecSetting = CodecName | "auto";
 export const CODEC_SETTINGS: readonly CodecSetting[] = [...CODECS, "auto"];
 
+/**
+ * Chunk size for "auto" transfers unless one is asked for. Chunks are compressed independently, so a
+ * chunk is all the context a codec gets: on a 1 GiB guest's memory zstd 3 saved 75.7 % at 1 MiB and
+ * 84.1 % at 4 MiB (the CLI on the whole file: 85.6 %), and ran faster (bench/hde_vs_cli.ts).
+ */
+export const AUTO_CHUNK_BYTES = 4 * 1024 * 1024;
+
 /** What the policy assumes of a link it has not measured yet: fast, so it starts by sending raw. */
 export const UNMEASURED_LINK_BYTES_PER_SEC = 1.25e9;
 
