@@ -12,6 +12,7 @@ import { type AcceleratorChoice, resolveAccelerator, type ResolveOptions } from 
 import { OutputCapture } from "./output_capture.ts";
 import { type Accelerator, qemuArgs } from "./qemu_args.ts";
 import { parseVmSpec, type VmSpec, type VmSpecInput } from "./spec.ts";
+import { processUsing } from "./stale.ts";
 
 export type VmState =
   | "starting"
@@ -196,9 +197,18 @@ export class VmManager {
           `${this.#maxVms}; stop one first`,
       );
     }
+    const dir = join(this.runDir, spec.name);
+    const orphan = await processUsing(join(dir, "qmp.sock"));
+    if (orphan !== undefined) {
+      throw new VmError(
+        "vm_exists",
+        `a process from an earlier run of this agent (pid ${orphan}, probably its QEMU) still serves VM ` +
+          `"${spec.name}" in ${dir}; stop it (kill ${orphan}) or choose another name`,
+        { name: spec.name, pid: orphan },
+      );
+    }
     if (existing) this.#vms.delete(spec.name);
 
-    const dir = join(this.runDir, spec.name);
     const record: VmRecord = {
       info: {
         name: spec.name,
