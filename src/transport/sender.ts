@@ -68,6 +68,9 @@ export interface SendOptions {
   identity: PeerIdentity;
 }
 
+/** How fast the link estimate forgets a peak: it halves over about 140 chunks without a new one. */
+const PEAK_DECAY_PER_CHUNK = 0.995;
+
 /** How long a cancel waits for the receiver to confirm that it dropped the partial file. */
 const CANCEL_WAIT_MS = 5000;
 
@@ -87,6 +90,7 @@ export class OutgoingTransfer {
   readonly #bucket?: TokenBucket;
   /** The adaptive codec policy, shared by the streams, when the codec is "auto". */
   readonly #policy?: CodecPolicy;
+  #peakLinkBytesPerSec = 0;
 
   private constructor(
     opts: SendOptions,
@@ -102,8 +106,11 @@ export class OutgoingTransfer {
     this.#windowChunks = accepted.windowChunks;
     if (opts.maxBytesPerSec) this.#bucket = new TokenBucket(opts.maxBytesPerSec, opts.chunkBytes, Date.now());
     if (opts.codec === "auto") {
-      // Compressions run on FFI worker threads, at most one per stream and one per core at a time.
-      const policy = new CodecPolicy(AUTO_CANDIDATES, Math.min(opts.streams, navigator.hardwareConcurrency));
+      // Compressions run on FFI worker threads, at most one per stream, on the cores the transfer itself
+      // (the main thread and the kernel's copies) leaves free: counting every core made "auto" compress
+      // on loopback and run at 0.8x of "none" on 2 cores.
+      const freeCores = Math.max(1, navigator.hardwareConcurrency - 1);
+      const policy = new CodecPolicy(AUTO_CANDIDATES, Math.min(opts.streams, freeCores));
       this.#policy = policy;
       progress.encoding = () => policy.snapshot();
     }
@@ -223,6 +230,18 @@ export class OutgoingTransfer {
     this.#wake.notify();
   }
 
+  /**
+   * The link's capacity as the codec policy sees it: the best recent delivery rate, slowly forgotten.
+   * The current rate alone would mislead it: while compression holds the CPU, fewer bytes reach the
+   * wire, the link looks slow, and the policy would compress all the more.
+   */
+  #linkEstimate(): number {
+    const now = this.#progress.wireBytesPerSec();
+    if (now === 0 && this.#peakLinkBytesPerSec === 0) return UNMEASURED_LINK_BYTES_PER_SEC;
+    this.#peakLinkBytesPerSec = Math.max(now, this.#peakLinkBytesPerSec * PEAK_DECAY_PER_CHUNK);
+    return this.#peakLinkBytesPerSec;
+  }
+
   #throwIfStopped(): void {
     if (this.#failure) throw this.#failure;
   }
@@ -302,8 +321,7 @@ export class OutgoingTransfer {
     const pick = policy
       ? (body: Uint8Array) => {
         sampleRatio = encoder.sampleRatio(body);
-        const linkBytesPerSec = this.#progress.wireBytesPerSec() || UNMEASURED_LINK_BYTES_PER_SEC;
-        return policy.choose({ linkBytesPerSec, sampleRatio });
+        return policy.choose({ linkBytesPerSec: this.#linkEstimate(), sampleRatio });
       }
       : () => codec as CodecName;
     try {
