@@ -4,6 +4,7 @@
  * compressed size as a share of the input, so speed and ratio read side by side.
  */
 import { Codec, type CodecName, xxh3Into } from "../ffi/codec.ts";
+import { xorshiftBytes } from "./random_bytes.ts";
 
 const CHUNK = 1 << 20;
 
@@ -22,15 +23,7 @@ function textChunk(): Uint8Array {
 
 /** Incompressible bytes (xorshift32, fixed seed). */
 function randomChunk(): Uint8Array {
-  const words = new Uint32Array(CHUNK / 4);
-  let x = 0x9e3779b9;
-  for (let i = 0; i < words.length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    words[i] = x >>> 0;
-  }
-  return new Uint8Array(words.buffer);
+  return xorshiftBytes(CHUNK);
 }
 
 const data = { text: textChunk(), random: randomChunk() };

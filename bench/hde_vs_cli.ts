@@ -52,6 +52,7 @@ import { qemuArgs } from "../src/vm/qemu_args.ts";
 import { parseVmSpec } from "../src/vm/spec.ts";
 import { guestAppend, guestImage } from "../tests/support/guest_image.ts";
 import { HeartbeatMonitor, type ReadyInfo } from "../tests/support/heartbeat.ts";
+import { xorshiftBytes } from "./random_bytes.ts";
 
 const MiB = 1024 * 1024;
 const MB = 1e6;
@@ -312,16 +313,8 @@ async function zerosSample(dir: string): Promise<Sample> {
 }
 
 async function randomSample(dir: string): Promise<Sample> {
-  const words = new Uint32Array(SMALL_SAMPLE_BYTES / 4);
-  let x = 0x9e3779b9;
-  for (let i = 0; i < words.length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    words[i] = x >>> 0;
-  }
   const path = join(dir, "random.bin");
-  await Deno.writeFile(path, new Uint8Array(words.buffer));
+  await Deno.writeFile(path, xorshiftBytes(SMALL_SAMPLE_BYTES, 0x9e3779b9));
   return { name: "random", path, bytes: SMALL_SAMPLE_BYTES, note: "xorshift32, seed 0x9e3779b9" };
 }
 

@@ -5,6 +5,7 @@
  * first word; the mixed buffer has half its pages zero, chosen at random (fixed seed).
  */
 import { bitmapBytes, packPages, unpackPages, zeroPages } from "../ffi/pages.ts";
+import { xorshiftBytes } from "./random_bytes.ts";
 
 const CHUNK = 1 << 20;
 const PAGE = 4096;
@@ -21,10 +22,7 @@ function xorshift(seed: number): () => number {
 
 /** Incompressible bytes (xorshift32, fixed seed). */
 function randomChunk(seed: number): Uint8Array {
-  const next = xorshift(seed);
-  const words = new Uint32Array(CHUNK / 4);
-  for (let i = 0; i < words.length; i++) words[i] = next();
-  return new Uint8Array(words.buffer);
+  return xorshiftBytes(CHUNK, seed);
 }
 
 /** Random data pages with half the pages, picked at random, zeroed. */
