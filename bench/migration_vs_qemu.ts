@@ -3,7 +3,7 @@
  * against the same migration carried by two real dwcp agents (POST /v1/migrations, default streams).
  *
  *   deno run --allow-all bench/migration_vs_qemu.ts [--sizes 256,1024] [--runs 3] [--dirty 0,32]
- *     [--settle-ms 2000] [--hb-ms 20] [--out results.json]
+ *     [--settle-ms 2000] [--hb-ms 20] [--multifd K] [--out results.json]
  *
  * For each guest size (memory, MiB) and dirty rate (MiB/s the guest rewrites), `--runs` times, one
  * native migration and one through the agents, interleaved. Both boot the test guest
@@ -18,7 +18,9 @@
  * observedDowntimeMs, the wall time from POST to "completed" (it includes starting the destination
  * QEMU, which the native run does beforehand), and bytesSent (the whole migration stream, device state
  * included, where ram.transferred counts RAM pages only). Tables show medians and agents/native ratios.
- * Progress goes to stderr, tables to stdout.
+ * Progress goes to stderr, tables to stdout. `--multifd K` has the agents' requests ask for K QEMU
+ * multifd channels (each its own stream transfer; 0: one channel; default: what the link mode gives), to
+ * compare the agents with and without multifd against the same single-channel native run.
  */
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
@@ -28,6 +30,7 @@ import { parseVmSpec, type VmSpec } from "../src/vm/spec.ts";
 import { startAgent, type TestAgent } from "../tests/support/agents.ts";
 import { guestAppend, type GuestImage, guestImage } from "../tests/support/guest_image.ts";
 import { HeartbeatMonitor } from "../tests/support/heartbeat.ts";
+import { intArg, log } from "./cli_args.ts";
 
 const MiB = 1024 * 1024;
 const QEMU = "qemu-system-x86_64";
@@ -45,26 +48,22 @@ const { values: args } = parseArgs({
     dirty: { type: "string", default: "0,32" },
     "settle-ms": { type: "string", default: "2000" },
     "hb-ms": { type: "string", default: "20" },
+    multifd: { type: "string" },
     out: { type: "string" },
   },
   strict: true,
 });
 
-function int(name: string, text: string, min: number): number {
-  const n = Number(text);
-  if (text.trim() === "" || !Number.isInteger(n) || n < min) {
-    throw new Error(`--${name} ${text}: expected an integer >= ${min}`);
-  }
-  return n;
-}
 const list = (name: string, text: string, min: number) =>
-  text.split(",").map((s) => int(name, s.trim(), min));
+  text.split(",").map((s) => intArg(name, s.trim(), min));
 
 const sizes = list("sizes", args.sizes, 96);
-const runs = int("runs", args.runs, 1);
+const runs = intArg("runs", args.runs, 1);
 const dirtyRates = list("dirty", args.dirty, 0);
-const settleMs = int("settle-ms", args["settle-ms"], 0);
-const hbMs = int("hb-ms", args["hb-ms"], 1);
+const settleMs = intArg("settle-ms", args["settle-ms"], 0);
+const hbMs = intArg("hb-ms", args["hb-ms"], 1);
+/** Multifd channels the agents are asked for; undefined leaves it to the link mode. */
+const multifdChannels = args.multifd === undefined ? undefined : intArg("multifd", args.multifd, 0);
 
 /** The data the guest holds: about half its memory, leaving at least 80 MiB to the kernel and the rest. */
 const guestMemMib = (sizeMiB: number) => Math.min(Math.floor(sizeMiB / 2), sizeMiB - 80);
@@ -77,7 +76,6 @@ const median = (xs: number[]): number | undefined => {
   const s = [...xs].sort((a, b) => a - b), m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
-const log = (msg: string) => console.error(`[${new Date().toISOString().slice(11, 19)}] ${msg}`);
 const errText = (err: unknown) => err instanceof Error ? err.message : String(err);
 
 /** Boot plus fill under TCG runs at roughly 19 MiB/s with other work around; allow for a quarter of that. */
@@ -142,6 +140,7 @@ interface Sample {
   throttlePct?: number;
   /** Agents only. */
   observedDowntimeMs?: number;
+  multifdChannels?: number;
   elapsedMs?: number;
   /** The guest's ready line and its boot time. */
   guestMemMib: number;
@@ -289,6 +288,7 @@ type Snapshot = {
   bytesSent: number;
   elapsedMs: number;
   passes?: number;
+  multifdChannels?: number;
   error?: { code: string; message: string };
 };
 
@@ -322,7 +322,7 @@ async function agentsRun(
     const started = performance.now();
     const res = await a.json<Snapshot>("/v1/migrations", {
       method: "POST",
-      body: JSON.stringify({ vm: name, peer: b.dataAddr }),
+      body: JSON.stringify({ vm: name, peer: b.dataAddr, multifdChannels }),
     });
     if (res.status !== 201) {
       throw new Error(`POST /v1/migrations answered ${res.status}: ${JSON.stringify(res.body)}`);
@@ -351,6 +351,7 @@ async function agentsRun(
       wallMs,
       elapsedMs: snap.elapsedMs,
       passes: snap.passes,
+      multifdChannels: snap.multifdChannels,
       guestMemMib: hb.ready!.memMib,
       bootMs,
       hbSummary: hb.summary(),
@@ -488,7 +489,8 @@ try {
     `migration: QEMU alone vs through dwcp agents; sizes ${sizes.join(",")} MiB, dirty ${
       dirtyRates.join(",")
     } ` +
-      `MiB/s, ${runs} run(s) each, settle ${settleMs} ms, heartbeat ${hbMs} ms, ${navigator.hardwareConcurrency} CPU(s), TCG`,
+      `MiB/s, ${runs} run(s) each, settle ${settleMs} ms, heartbeat ${hbMs} ms, ${navigator.hardwareConcurrency} CPU(s), TCG` +
+      `, agents' multifd channels: ${multifdChannels ?? "the mode's"}`,
   );
   const image = await guestImage();
   const extraRoots = [dirname(image.kernel)];
@@ -527,7 +529,8 @@ try {
                   `downtime ${s.downtimeMs} ms` +
                   (s.observedDowntimeMs === undefined ? "" : ` (observed ${s.observedDowntimeMs} ms)`) +
                   `, heartbeat gap ${s.hbGapMs.toFixed(0)} ms, ${(s.bytes / MiB).toFixed(1)} MiB, ` +
-                  `wall ${s.wallMs.toFixed(0)} ms, passes ${s.passes ?? "?"}`,
+                  `wall ${s.wallMs.toFixed(0)} ms, passes ${s.passes ?? "?"}` +
+                  (s.multifdChannels === undefined ? "" : `, multifd channels ${s.multifdChannels}`),
               );
             } catch (err) {
               if (cleaning) throw err; // interrupted: the signal handler cleans up and exits
@@ -572,6 +575,7 @@ try {
           qemu: qemuVersion,
           accelerator: "tcg",
           migration: { downtimeLimitMs: DOWNTIME_LIMIT_MS, maxBandwidth: MAX_BANDWIDTH, autoConverge: true },
+          agentMultifdChannels: multifdChannels ?? "mode",
           results: combos.map((c) => ({ ...c, medians: mediansOf(c) })),
         },
         null,

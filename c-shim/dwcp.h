@@ -15,6 +15,7 @@ enum dwcp_status {
   DWCP_ENOMEM = -4,     /* allocation failed or handle table full */
   DWCP_EUNAVAIL = -5,   /* optional library or device missing */
   DWCP_EFAIL = -6,      /* the underlying library reported an error */
+  DWCP_ENOTFOUND = -7,  /* the thing asked about does not exist (a TCP socket that closed) */
 };
 
 enum dwcp_codec { DWCP_CODEC_NONE = 0, DWCP_CODEC_LZ4 = 1, DWCP_CODEC_ZSTD = 2, DWCP_CODEC_SNAPPY = 3 };
@@ -42,8 +43,46 @@ int32_t dwcp_pack_pages(const uint8_t *src, uint32_t len, uint32_t page_size, co
 int32_t dwcp_unpack_pages(const uint8_t *packed, uint32_t packed_len, uint32_t page_size, const uint8_t *bitmap,
                           uint32_t len, uint8_t *dst, uint32_t dst_cap);
 
+/* Page deltas (delta.c). Kind map: 2 bits per page (0 unchanged, 1 zero, 2 delta, 3 whole), page i at
+ * kinds[i / 4] >> (2 * (i % 4)); ctrl and lits: the control and literal streams of the delta pages in
+ * order; whole: the whole pages in order. encode: a page goes as a delta when its streams take fewer than
+ * delta_share / 256 (1..256) of its bytes; ctrl_cap, lits_cap and whole_cap must be at least len;
+ * out7 = {control bytes, literal bytes, whole bytes, unchanged, zero, delta, whole pages}. decode:
+ * counts4 = pages of each kind; returns len. */
+int32_t dwcp_delta_encode(const uint8_t *src, uint32_t len, const uint8_t *base, uint32_t base_len,
+                          uint32_t page_size, uint32_t delta_share, uint8_t *kinds, uint32_t kinds_cap,
+                          uint8_t *ctrl, uint32_t ctrl_cap, uint8_t *lits, uint32_t lits_cap, uint8_t *whole,
+                          uint32_t whole_cap, uint32_t *out7);
+int32_t dwcp_delta_decode(const uint8_t *kinds, uint32_t kinds_len, const uint8_t *ctrl, uint32_t ctrl_len,
+                          const uint8_t *lits, uint32_t lits_len, const uint8_t *whole, uint32_t whole_len,
+                          const uint8_t *base, uint32_t base_len, uint32_t page_size, uint8_t *dst, uint32_t len,
+                          uint32_t dst_cap, uint32_t *counts4);
+/* acc16 = XXH3-128(acc16 ‖ XXH3-128(data)), canonical bytes: a file hash folded piece by piece. */
+int32_t dwcp_xxh3_128_fold(uint8_t *acc16, const uint8_t *data, uint32_t len);
+
+/* Content-defined chunking (cdc.c). state is 16 caller-owned bytes carrying the open chunk across calls
+ * (all zero at a stream's start). Writes the end offsets within src of the chunks that end in src into
+ * cuts (cuts_cap >= len / min_size + 1) and returns their count; the bytes after the last cut belong to the
+ * chunk still open in state. */
+int32_t dwcp_cdc_cuts(const uint8_t *src, uint32_t len, uint32_t min_size, uint32_t avg_size, uint32_t max_size,
+                      uint8_t *state, uint32_t *cuts, uint32_t cuts_cap);
+
 int32_t dwcp_rdma_devices(uint8_t *out, uint32_t cap);
+
+/* TCP_INFO (tcpinfo.c) of this namespace's TCP socket with the given local and remote address (IPv4 or IPv6
+ * text) and ports, as JSON; DWCP_ENOTFOUND when no such socket is open. */
+int32_t dwcp_tcp_info(const char *local_host, uint32_t local_port, const char *remote_host, uint32_t remote_port,
+                      uint8_t *out, uint32_t cap);
 
 int32_t dwcp_ort_load(const char *path);
 int32_t dwcp_ort_version(uint8_t *out, uint32_t cap);
+/* Forecaster sessions (ort.c): a model with one float32 input [batch, window, features] and one float32 output
+ * [batch, outputs]. Open returns a handle; shape writes window, features, outputs; run returns the floats
+ * written (batch × outputs). */
+int32_t dwcp_ort_session_open_file(const char *path, int32_t intra_op_threads);
+int32_t dwcp_ort_session_open_bytes(const uint8_t *model, uint32_t len, int32_t intra_op_threads);
+int32_t dwcp_ort_session_shape(uint32_t handle, int32_t *out3);
+int32_t dwcp_ort_session_run(uint32_t handle, const float *input, uint32_t input_len, uint32_t batch, float *output,
+                             uint32_t output_cap);
+int32_t dwcp_ort_session_free(uint32_t handle);
 #endif

@@ -46,12 +46,83 @@ export const symbols = {
     parameters: ["buffer", "u32", "u32", "buffer", "u32", "buffer", "u32"],
     result: "i32",
   },
+  // int32_t dwcp_delta_encode(const uint8_t *src, uint32_t len, const uint8_t *base, uint32_t base_len,
+  //                           uint32_t page_size, uint32_t delta_share, uint8_t *kinds,
+  //                           uint32_t kinds_cap, uint8_t *ctrl, uint32_t ctrl_cap, uint8_t *lits,
+  //                           uint32_t lits_cap, uint8_t *whole, uint32_t whole_cap, uint32_t *out7)
+  dwcp_delta_encode: {
+    parameters: [
+      "buffer",
+      "u32",
+      "buffer",
+      "u32",
+      "u32",
+      "u32",
+      "buffer",
+      "u32",
+      "buffer",
+      "u32",
+      "buffer",
+      "u32",
+      "buffer",
+      "u32",
+      "buffer",
+    ],
+    result: "i32",
+  },
+  // int32_t dwcp_delta_decode(const uint8_t *kinds, uint32_t kinds_len, const uint8_t *ctrl,
+  //                           uint32_t ctrl_len, const uint8_t *lits, uint32_t lits_len,
+  //                           const uint8_t *whole, uint32_t whole_len, const uint8_t *base,
+  //                           uint32_t base_len, uint32_t page_size, uint8_t *dst, uint32_t len,
+  //                           uint32_t dst_cap, uint32_t *counts4)
+  dwcp_delta_decode: {
+    parameters: [
+      "buffer",
+      "u32",
+      "buffer",
+      "u32",
+      "buffer",
+      "u32",
+      "buffer",
+      "u32",
+      "buffer",
+      "u32",
+      "u32",
+      "buffer",
+      "u32",
+      "u32",
+      "buffer",
+    ],
+    result: "i32",
+  },
+  // int32_t dwcp_xxh3_128_fold(uint8_t *acc16, const uint8_t *data, uint32_t len)
+  dwcp_xxh3_128_fold: { parameters: ["buffer", "buffer", "u32"], result: "i32" },
+  // int32_t dwcp_cdc_cuts(const uint8_t *src, uint32_t len, uint32_t min_size, uint32_t avg_size,
+  //                       uint32_t max_size, uint8_t *state, uint32_t *cuts, uint32_t cuts_cap)
+  dwcp_cdc_cuts: {
+    parameters: ["buffer", "u32", "u32", "u32", "u32", "buffer", "buffer", "u32"],
+    result: "i32",
+  },
   // int32_t dwcp_rdma_devices(uint8_t *out, uint32_t cap)
   dwcp_rdma_devices: { parameters: ["buffer", "u32"], result: "i32" },
+  // int32_t dwcp_tcp_info(const char *local_host, uint32_t local_port, const char *remote_host,
+  //                       uint32_t remote_port, uint8_t *out, uint32_t cap)
+  dwcp_tcp_info: { parameters: ["buffer", "u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
   // int32_t dwcp_ort_load(const char *path)
   dwcp_ort_load: { parameters: ["buffer"], result: "i32" },
   // int32_t dwcp_ort_version(uint8_t *out, uint32_t cap)
   dwcp_ort_version: { parameters: ["buffer", "u32"], result: "i32" },
+  // int32_t dwcp_ort_session_open_file(const char *path, int32_t intra_op_threads)
+  dwcp_ort_session_open_file: { parameters: ["buffer", "i32"], result: "i32" },
+  // int32_t dwcp_ort_session_open_bytes(const uint8_t *model, uint32_t len, int32_t intra_op_threads)
+  dwcp_ort_session_open_bytes: { parameters: ["buffer", "u32", "i32"], result: "i32" },
+  // int32_t dwcp_ort_session_shape(uint32_t handle, int32_t *out3)
+  dwcp_ort_session_shape: { parameters: ["u32", "buffer"], result: "i32" },
+  // int32_t dwcp_ort_session_run(uint32_t handle, const float *input, uint32_t input_len, uint32_t batch,
+  //                              float *output, uint32_t output_cap)
+  dwcp_ort_session_run: { parameters: ["u32", "buffer", "u32", "u32", "buffer", "u32"], result: "i32" },
+  // int32_t dwcp_ort_session_free(uint32_t handle)
+  dwcp_ort_session_free: { parameters: ["u32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 export type Shim = Deno.DynamicLibrary<typeof symbols>["symbols"];

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 DENO_VERSION=2.9.6
 ORT_VERSION=1.30.0
 DEBIAN_PACKAGES=(gcc make pkg-config libzstd-dev liblz4-dev libsnappy-dev libxxhash-dev libibverbs-dev
-  zstd lz4 iperf3 qemu-system-x86 qemu-utils cpio)
+  zstd lz4 iperf3 iputils-ping qemu-system-x86 qemu-utils cpio)
 TOOLS=.tools
 
 log() { printf '[setup] %s\n' "$*" >&2; }

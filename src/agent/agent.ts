@@ -5,13 +5,18 @@ import { createApp } from "../api/app.ts";
 import { jsonLogger, type Logger } from "../obs/log.ts";
 import { type PeerIdentity, PROTOCOL_VERSION } from "../transport/handshake.ts";
 import { DataServer } from "../transport/receiver.ts";
+import { AgentTls } from "../transport/tls.ts";
 import { SinkTable } from "../transport/sink_table.ts";
-import { type AgentConfig, ConfigError, splitHostPort } from "./config.ts";
+import { type AgentConfig, ConfigError, dedupeStoreDir, splitHostPort } from "./config.ts";
+import { LazyChunkStore } from "../dedupe/agent_store.ts";
 import { Roots } from "./roots.ts";
 import { TransferService } from "./transfers.ts";
+import { agentPeerLinks } from "../mode/links.ts";
 import { join } from "node:path";
 import { incomingMigrationHandler } from "../migration/incoming.ts";
 import { MigrationService } from "../migration/service.ts";
+import { forecastStatus } from "../predict/lstm.ts";
+import { openAgentForecasts } from "../predict/agent_forecasts.ts";
 import { VmManager } from "../vm/manager.ts";
 
 export const VERSION = "0.1.0";
@@ -33,6 +38,8 @@ function capabilities() {
       ? { available: true, devices }
       : { available: false, devices, reason: "no RDMA device found; data moves over TCP" },
     onnxRuntime: onnxRuntime(),
+    // Whether the LSTM forecast models load and run here, or which baselines forecast instead.
+    forecast: forecastStatus(),
   };
 }
 
@@ -55,6 +62,13 @@ export async function startAgent(
   config: AgentConfig,
   log: Logger = jsonLogger("agent"),
 ): Promise<RunningAgent> {
+  // First, so that a bad certificate or key stops the agent before it touches anything. With tls.mode
+  // "auto", a peer's link mode decides too: its parameters ask for TLS in internet mode.
+  const tls = await AgentTls.load(
+    config.tls,
+    config.agentId,
+    (peer) => links.parametersFor(peer)?.tls === true,
+  );
   const roots = new Roots(config.roots);
   await roots.ensure();
   const caps = capabilities();
@@ -62,10 +76,18 @@ export async function startAgent(
     agentId: config.agentId,
     capabilities: { codecs: caps.codecs, rdma: caps.rdma.available },
   };
-  const transfers = new TransferService(config, roots, identity);
+  const forecasts = await openAgentForecasts(config.stateDir, log);
+  const links = agentPeerLinks(config, identity, log, (peer) => transfers.resolvePeer(peer), forecasts.book);
+  const transfers = new TransferService(config, roots, identity, links, tls);
+  links.start();
   const vms = new VmManager({ runDir: join(config.stateDir, "run"), log });
+  // Chunks of the migrations this agent receives with dedupe; none kept when storeBytes is 0.
+  const dedupeStore = config.dedupe.storeBytes > 0
+    ? new LazyChunkStore({ dir: dedupeStoreDir(config), budgetBytes: config.dedupe.storeBytes, log })
+    : undefined;
   const migrations = new MigrationService({
     vms,
+    links,
     identity,
     secret: config.secret,
     resolvePeer: (peer) => transfers.resolvePeer(peer),
@@ -78,7 +100,7 @@ export async function startAgent(
   const listener = listenOrExplain(
     "data",
     "--data",
-    () => Deno.listen({ hostname: data.host, port: data.port }),
+    () => tls.listen(data.host, data.port),
   );
   const dataServer = new DataServer(listener, {
     secret: config.secret,
@@ -87,7 +109,15 @@ export async function startAgent(
     windowChunks: config.transfer.windowChunks,
     fsync: config.transfer.fsync,
     sinks,
-    exchanges: { "migrate-prepare": incomingMigrationHandler({ vms, sinks, roots, log }) },
+    exchanges: {
+      "migrate-prepare": incomingMigrationHandler({
+        vms,
+        sinks,
+        roots,
+        log,
+        dedupeStore: dedupeStore && (() => dedupeStore.get()),
+      }),
+    },
     onIncoming: (p) => transfers.addIncoming(p),
     log,
   });
@@ -99,6 +129,7 @@ export async function startAgent(
     vms,
     migrations,
     roots,
+    links,
     token: config.api.token,
     info: () => ({
       version: VERSION,
@@ -108,6 +139,7 @@ export async function startAgent(
       data: `${data.host}:${dataServer.addr.port}`,
       roots: roots.roots,
       peers: config.peers,
+      tls: { mode: config.tls.mode, peers: config.tls.peers },
       defaults: config.transfer,
       ...caps,
     }),
@@ -124,6 +156,7 @@ export async function startAgent(
     roots: roots.roots,
     rdma: caps.rdma.available,
     onnxRuntime: caps.onnxRuntime.available ? caps.onnxRuntime.version : false,
+    tls: config.tls.mode,
   });
 
   return {
@@ -131,9 +164,12 @@ export async function startAgent(
     dataAddr: dataServer.addr,
     transfers,
     async shutdown() {
+      links.stop();
+      await forecasts.close();
       await transfers.cancelAll();
       await dataServer.close();
       await vms.stopAll();
+      await dedupeStore?.close();
       await serving;
       await server.shutdown();
       log("agent stopped");

@@ -7,6 +7,7 @@ import { homedir, hostname } from "node:os";
 import { join } from "node:path";
 import { z } from "zod";
 import { CODEC_SETTINGS } from "../encoding/codec_policy.ts";
+import { DEFAULT_TIMING, LINK_MODES } from "../mode/policy.ts";
 import { LIMITS } from "../transport/receiver.ts";
 
 /** "HOST:PORT" or "[IPv6]:PORT" with a port in 0..65535 (0: let the OS pick, for listen addresses). */
@@ -14,6 +15,14 @@ export function isHostPort(text: string): boolean {
   const m = /^(?:[^\s:\[\]]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(text);
   return m !== null && Number(m[1]) <= 65535;
 }
+
+/** TLS on agent-to-agent connections: never, always, or for internet links and listed peers (auto). */
+export const TLS_MODES = ["off", "on", "auto"] as const;
+
+const peerName = z.string().regex(/^[A-Za-z0-9._-]+$/);
+
+/** A smaller chunk store would evict VM memory's chunks before a second migration could use them. */
+const MIN_DEDUPE_STORE_BYTES = 64 * 1024 * 1024;
 
 const hostPort = z.string().refine(isHostPort, {
   message: 'expected "HOST:PORT" with a port of 0..65535, for example "127.0.0.1:7700"',
@@ -29,7 +38,16 @@ const schema = z.object({
   data: z.object({ listen: hostPort }),
   secret: z.string().min(16, { message: "the shared secret needs at least 16 characters" }),
   roots: z.array(z.string().min(1)).min(1, { message: "give at least one root directory" }),
-  peers: z.record(z.string().regex(/^[A-Za-z0-9._-]+$/), hostPort),
+  peers: z.record(peerName, hostPort),
+  tls: z.object({
+    mode: z.enum(TLS_MODES),
+    /** PEM files: this agent's certificate chain and key, and the CA that peers' certificates chain to. */
+    cert: z.string().min(1).optional(),
+    key: z.string().min(1).optional(),
+    ca: z.string().min(1).optional(),
+    /** With mode "auto": peers always reached over TLS, whatever their link. */
+    peers: z.array(peerName),
+  }),
   transfer: z.object({
     streams: z.number().int().min(1).max(LIMITS.maxStreams),
     chunkBytes: z.number().int().min(LIMITS.minChunkBytes).max(LIMITS.maxChunkBytes),
@@ -39,9 +57,30 @@ const schema = z.object({
     maxRetries: z.number().int().min(0).max(100),
     fsync: z.boolean(),
   }),
+  /** Link probing and the datacenter / internet / hybrid mode policy (src/mode). */
+  link: z.object({
+    probeIntervalMs: z.number().int().min(100),
+    minDwellMs: z.number().int().min(0),
+    confirmMs: z.number().int().min(0),
+    /** Operator pins: peer (a configured name or HOST:PORT) → mode. */
+    pins: z.record(z.string(), z.enum(LINK_MODES)),
+  }),
+  /** Dedupe of live-migration streams (src/dedupe): the chunk store this agent keeps as a destination. */
+  dedupe: z.object({
+    /** Disk the chunk store (STATE_DIR/dedupe-store) may take; 0 keeps none. */
+    storeBytes: z.number().int().min(0).refine((v) => v === 0 || v >= MIN_DEDUPE_STORE_BYTES, {
+      message: `give 0 (no chunk store: migrations asking for dedupe travel as they are) or at least ` +
+        `${MIN_DEDUPE_STORE_BYTES} bytes (64 MiB); a few GiB suits VM memory`,
+    }),
+  }),
 }).strict();
 
 export type AgentConfig = z.infer<typeof schema>;
+
+/** The dedupe chunk store's directory under the state directory. */
+export function dedupeStoreDir(config: Pick<AgentConfig, "stateDir">): string {
+  return join(config.stateDir, "dedupe-store");
+}
 
 export class ConfigError extends Error {
   override name = "ConfigError";
@@ -60,6 +99,7 @@ export function defaults(env: Record<string, string | undefined> = Deno.env.toOb
     api: { listen: "127.0.0.1:7700" },
     data: { listen: "0.0.0.0:7701" },
     peers: {} as Record<string, string>,
+    tls: { mode: "off", peers: [] as string[] },
     transfer: {
       streams: 4,
       chunkBytes: 1024 * 1024,
@@ -69,6 +109,13 @@ export function defaults(env: Record<string, string | undefined> = Deno.env.toOb
       maxRetries: 3,
       fsync: true,
     },
+    link: {
+      probeIntervalMs: 10_000,
+      minDwellMs: DEFAULT_TIMING.minDwellMs,
+      confirmMs: DEFAULT_TIMING.confirmMs,
+      pins: {} as Record<string, string>,
+    },
+    dedupe: { storeBytes: 2 * 1024 * 1024 * 1024 },
   };
 }
 
@@ -82,6 +129,11 @@ export interface ConfigFlags {
   root?: string[];
   peer?: string[];
   secretFile?: string;
+  tls?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  tlsPeer?: string[];
 }
 
 type Obj = Record<string, unknown>;
@@ -172,6 +224,13 @@ export async function loadConfig(
     secret: env.DWCP_SECRET,
     roots: env.DWCP_ROOTS?.split(":").filter(Boolean),
     peers: env.DWCP_PEERS ? parsePeers(env.DWCP_PEERS.split(","), "DWCP_PEERS") : undefined,
+    tls: {
+      mode: env.DWCP_TLS,
+      cert: env.DWCP_TLS_CERT,
+      key: env.DWCP_TLS_KEY,
+      ca: env.DWCP_TLS_CA,
+      peers: env.DWCP_TLS_PEERS?.split(",").filter(Boolean),
+    },
   });
   merged = merge(merged, {
     agentId: flags.id,
@@ -181,6 +240,13 @@ export async function loadConfig(
     secret: flags.secretFile ? await readSecretFile(flags.secretFile) : undefined,
     roots: flags.root?.length ? flags.root : undefined,
     peers: flags.peer?.length ? { ...(merged.peers as Obj), ...parsePeers(flags.peer, "--peer") } : undefined,
+    tls: {
+      mode: flags.tls,
+      cert: flags.tlsCert,
+      key: flags.tlsKey,
+      ca: flags.tlsCa,
+      peers: flags.tlsPeer?.length ? flags.tlsPeer : undefined,
+    },
   });
   merged.roots ??= [join(String(merged.stateDir), "files")];
   if (merged.secret === undefined) merged.secret = await stateSecret(String(merged.stateDir));
@@ -210,7 +276,38 @@ export async function loadConfig(
         `set DWCP_TOKEN (16+ characters) or api.token in the config file, or listen on 127.0.0.1`,
     );
   }
+  checkTls(config);
+  const strangers = Object.keys(config.link.pins).filter((p) =>
+    !Object.hasOwn(config.peers, p) && !isHostPort(p)
+  );
+  if (strangers.length) {
+    throw new ConfigError(
+      `link.pins names ${strangers.map((p) => `"${p}"`).join(", ")}: pin a configured peer ` +
+        `(${Object.keys(config.peers).join(", ") || "none"}) or a HOST:PORT`,
+    );
+  }
   return config;
+}
+
+/** What the schema cannot say: TLS needs all three files, and "auto" lists only configured peers. */
+function checkTls(config: AgentConfig): void {
+  const { tls } = config;
+  if (tls.mode === "off") return;
+  const missing = (["cert", "key", "ca"] as const).filter((k) => tls[k] === undefined);
+  if (missing.length) {
+    throw new ConfigError(
+      `tls.mode = "${tls.mode}" needs ${missing.map((k) => `tls.${k}`).join(", ")}: set ` +
+        `${missing.map((k) => `--tls-${k} FILE`).join(", ")} (or in the config file); a test cluster's ` +
+        `files come from "dwcp cert init --dir DIR --ids ${config.agentId},..."`,
+    );
+  }
+  const unknown = tls.peers.filter((p) => !Object.hasOwn(config.peers, p));
+  if (unknown.length) {
+    throw new ConfigError(
+      `tls.peers names ${unknown.map((p) => `"${p}"`).join(", ")}, not among the configured peers ` +
+        `(${Object.keys(config.peers).join(", ") || "none"}): add each as --peer ID=HOST:PORT`,
+    );
+  }
 }
 
 export function splitHostPort(hostPort: string): { host: string; port: number } {

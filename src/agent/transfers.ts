@@ -1,9 +1,12 @@
 /** The agent's transfers, outgoing and incoming: start, look up, follow, cancel. Bounded history. */
-import { AUTO_CHUNK_BYTES, type CodecSetting } from "../encoding/codec_policy.ts";
+import { CODEC_BIAS, type CodecBias, type CodecSetting } from "../encoding/codec_policy.ts";
+import type { LinkHooks } from "../mode/links.ts";
 import { TransferProgress, type TransferSnapshot } from "../obs/progress.ts";
 import type { PeerIdentity } from "../transport/handshake.ts";
+import type { AgentTls } from "../transport/tls.ts";
 import { basename } from "node:path";
 import { FileSource } from "../transport/chunk_source.ts";
+import { FileHashCache, type SendBase } from "../transport/delta_base.ts";
 import { OutgoingTransfer, type PeerAddress } from "../transport/sender.ts";
 import { type AgentConfig, isHostPort, splitHostPort } from "./config.ts";
 import type { Roots } from "./roots.ts";
@@ -17,9 +20,16 @@ export interface TransferRequest {
   destination?: string;
   streams?: number;
   codec?: CodecSetting;
+  /** How "auto" weighs CPU against wire bytes: the link's mode. */
+  codecBias?: CodecBias;
   chunkBytes?: number;
   overwrite?: boolean;
   maxBytesPerSec?: number;
+  /**
+   * An older version of the source that the peer holds at the destination (a path inside the roots): the
+   * chunks then travel as page deltas against it, if the peer's file has the same content hash.
+   */
+  base?: string;
 }
 
 export class UnknownPeerError extends Error {
@@ -29,11 +39,17 @@ export class UnknownPeerError extends Error {
 export class TransferService {
   readonly #records = new Map<string, TransferProgress>();
   readonly #outgoing = new Map<string, { transfer: OutgoingTransfer; done: Promise<void> }>();
+  /** Hashes of bases sent against, so the same base is read once while it stays unchanged. */
+  readonly #hashes = new FileHashCache();
 
   constructor(
     readonly config: AgentConfig,
     readonly roots: Roots,
     readonly identity: PeerIdentity,
+    /** Link probing: the peer's mode picks the stream count, and the transfer feeds the measurements. */
+    readonly links?: LinkHooks,
+    /** Which peers are reached over TLS, and how their certificates are checked; plain TCP without it. */
+    readonly tls?: AgentTls,
   ) {}
 
   /** A configured peer name, or a literal HOST:PORT. */
@@ -48,18 +64,27 @@ export class TransferService {
           `or HOST:PORT of a peer's data port`,
       );
     }
-    return splitHostPort(address);
+    return {
+      ...splitHostPort(address),
+      tls: this.tls?.forPeer(peer, Object.hasOwn(this.config.peers, peer)),
+    };
   }
 
   /** Validates, connects and gets the peer's acceptance; then the data moves in the background. */
   async start(req: TransferRequest): Promise<TransferSnapshot> {
     const peer = this.resolvePeer(req.peer);
     const source = await this.roots.source(req.source);
+    const base = req.base === undefined ? undefined : await this.#base(req.base);
     const t = this.config.transfer;
     const id = crypto.randomUUID();
-    const streams = req.streams ?? t.streams;
-    const codec = req.codec ?? t.codec;
-    const chunkBytes = req.chunkBytes ?? (codec === "auto" ? AUTO_CHUNK_BYTES : t.chunkBytes);
+    // The link's mode fills in what the request leaves open: beyond the datacenter the link, not the
+    // CPU, is the limit, so the codec policy runs with the internet bias.
+    const mode = this.links?.parametersFor(req.peer);
+    const streams = req.streams ?? mode?.streams.count ?? t.streams;
+    const codec = req.codec ?? (mode && mode.mode !== "datacenter" ? "auto" : t.codec);
+    const codecBias = req.codecBias ?? mode?.codecBias ?? "datacenter";
+    const chunkBytes = req.chunkBytes ??
+      (codec === "auto" ? CODEC_BIAS[codecBias].chunkBytes : mode?.chunkBytes ?? t.chunkBytes);
     const progress = new TransferProgress({
       id,
       direction: "send",
@@ -84,15 +109,20 @@ export class TransferService {
             sourceName: basename(source.path),
             sizeBytes: source.sizeBytes,
             overwrite: req.overwrite ?? false,
+            base: base && { hash: base.hash, sizeBytes: base.sizeBytes },
           },
           streams,
           chunkBytes,
           codec,
+          codecBias,
+          linkBytesPerSecHint: mode?.streams.linkBytesPerSec,
           maxRetries: t.maxRetries,
           stallTimeoutMs: t.stallTimeoutMs,
           maxBytesPerSec: req.maxBytesPerSec,
+          base,
           secret: this.config.secret,
           identity: this.identity,
+          observer: this.links?.observer(req.peer),
         },
         fileSource,
         progress,
@@ -102,9 +132,17 @@ export class TransferService {
       throw err;
     }
     this.#add(progress);
+    this.links?.transferStarted(req.peer, progress);
+    progress.forecast = () => this.links?.forecast(req.peer);
     const done = transfer.run().finally(() => this.#outgoing.delete(id));
     this.#outgoing.set(id, { transfer, done });
     return progress.snapshot();
+  }
+
+  /** The base file inside the roots, with its content hash (cached while the file is unchanged). */
+  async #base(path: string): Promise<SendBase> {
+    const file = await this.roots.source(path);
+    return { path: file.path, ...await this.#hashes.hash(file.path) };
   }
 
   /** Incoming transfers are registered by the data server as it accepts them. */

@@ -5,9 +5,11 @@ import { timingSafeEqual } from "node:crypto";
 import type { Roots } from "../agent/roots.ts";
 import type { TransferService } from "../agent/transfers.ts";
 import type { MigrationService } from "../migration/service.ts";
+import type { PeerLinks } from "../mode/links.ts";
 import type { VmManager } from "../vm/manager.ts";
 import { ApiError, errorResponse } from "./errors.ts";
 import { migrationsRoutes } from "./migrations.ts";
+import { peersRoutes } from "./peers.ts";
 import { transfersRoutes } from "./transfers.ts";
 import { vmsRoutes } from "./vms.ts";
 import { MAX_BODY_BYTES } from "./validate.ts";
@@ -17,6 +19,8 @@ export interface ApiDeps {
   vms: VmManager;
   migrations: MigrationService;
   roots: Roots;
+  /** Link probing and modes per peer (/v1/peers); absent, those routes are not served. */
+  links?: PeerLinks;
   /** Bearer token required on every route but /v1/health; undefined turns the check off. */
   token?: string;
   info(): unknown;
@@ -70,5 +74,6 @@ export function createApp(deps: ApiDeps): Hono {
   app.route("/v1/transfers", transfersRoutes(deps.transfers));
   app.route("/v1/vms", vmsRoutes(deps.vms, deps.roots));
   app.route("/v1/migrations", migrationsRoutes(deps.migrations));
+  if (deps.links) app.route("/v1/peers", peersRoutes(deps.links));
   return app;
 }

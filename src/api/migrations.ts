@@ -1,6 +1,7 @@
 /** /v1/migrations: live-migrate a VM to a peer, follow it, cancel it. */
 import { Hono } from "hono";
 import { z } from "zod";
+import { MAX_MULTIFD_CHANNELS } from "../migration/incoming.ts";
 import { isTerminal } from "../migration/machine.ts";
 import type { MigrationService } from "../migration/service.ts";
 import { LIMITS } from "../transport/receiver.ts";
@@ -20,10 +21,19 @@ const createMigration = z.object({
   maxBytesPerSec: z.number().int().min(1024 * 1024, { message: "maxBytesPerSec must be at least 1 MiB/s" })
     .optional(),
   autoConverge: z.boolean().optional(),
-  postcopy: z.literal(false, {
-    message: "postcopy needs a return path from the destination that the agents do not carry yet; omit it",
+  dedupe: z.boolean({ message: "dedupe must be true or false" }).optional(),
+  postcopy: z.boolean({ message: "postcopy must be true or false" }).optional(),
+  multifdChannels: z.number().int().min(0).max(MAX_MULTIFD_CHANNELS, {
+    message: `multifdChannels must be 0..${MAX_MULTIFD_CHANNELS} (0: one migration channel)`,
   }).optional(),
-}).strict();
+}).strict().refine((r) => !(r.postcopy && (r.multifdChannels ?? 0) > 0), {
+  path: ["multifdChannels"],
+  message: "QEMU 7.2 cannot combine postcopy with multifd: give multifdChannels 0 or drop postcopy",
+}).refine((r) => !(r.dedupe && (r.multifdChannels ?? 0) > 0), {
+  path: ["multifdChannels"],
+  message:
+    "multifd carries the pages outside the channel dedupe reads: give multifdChannels 0 or drop dedupe",
+});
 
 export function migrationsRoutes(service: MigrationService): Hono {
   const app = new Hono();
@@ -36,7 +46,7 @@ export function migrationsRoutes(service: MigrationService): Hono {
   };
 
   app.post("/", async (c) => {
-    const { postcopy: _postcopy, ...req } = await parseBody(c, createMigration);
+    const req = await parseBody(c, createMigration);
     const snap = await service.start(req);
     return c.json(snap, 201, { Location: `/v1/migrations/${snap.id}` });
   });
@@ -51,11 +61,15 @@ export function migrationsRoutes(service: MigrationService): Hono {
     if (isTerminal(m.phase)) {
       throw new ApiError(409, "not_cancellable", `migration ${m.id} already ended (${m.phase})`);
     }
-    if (m.snapshot().phase === "switchover") {
+    const phase = m.snapshot().phase;
+    if (phase === "switchover" || phase === "postcopy") {
       throw new ApiError(
         409,
         "not_cancellable",
-        `migration ${m.id} is switching over; it can no longer be cancelled`,
+        phase === "postcopy"
+          ? `migration ${m.id} is in postcopy: the guest runs on the destination with pages still on the ` +
+            `source, so it can no longer be cancelled`
+          : `migration ${m.id} is switching over; it can no longer be cancelled`,
       );
     }
     await service.cancel(m.id);

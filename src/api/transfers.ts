@@ -18,6 +18,8 @@ const createTransfer = z.object({
   chunkBytes: z.number().int().min(LIMITS.minChunkBytes).max(LIMITS.maxChunkBytes).optional(),
   overwrite: z.boolean().optional(),
   maxBytesPerSec: z.number().int().min(1024, { message: "maxBytesPerSec must be at least 1024" }).optional(),
+  base: z.string().min(1, { message: "give the path of the older version the peer holds, or leave base out" })
+    .optional(),
 }).strict();
 
 export function transfersRoutes(service: TransferService): Hono {

@@ -2,6 +2,7 @@
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "../agent/config.ts";
 import { startAgent } from "../agent/agent.ts";
+import { certCommand } from "./cert.ts";
 import { AgentUnreachableError, ApiRequestError } from "./client.ts";
 import { UsageError } from "./common.ts";
 import { demoCommand } from "./demo.ts";
@@ -23,6 +24,7 @@ commands:
   vm start|list|stop   start, list and stop QEMU guests on the local agent
   migrate VM --to PEER   live-migrate a guest to a peer and follow it to the end
   demo               live-migrate a small guest between two local agents and back
+  cert init --dir DIR --ids A,B   make a CA and agent certificates for a test cluster's TLS
 
 Run "dwcp <command> --help" for a command's options.`;
 
@@ -42,6 +44,14 @@ options:
   --peer NAME=HOST:PORT  a peer's data port; repeatable (env DWCP_PEERS, comma-separated)
   --secret-file FILE     file holding the secret shared by all agents of a cluster
                          (env DWCP_SECRET; default: STATE_DIR/secret, created on first start)
+  --tls MODE             TLS between agents: off, on, or auto (TLS to the --tls-peer peers and to
+                         links the mode policy finds in internet mode) (env DWCP_TLS; default off)
+  --tls-cert FILE        this agent's certificate (chain), PEM; it must carry the agent id as a DNS
+                         name (env DWCP_TLS_CERT)
+  --tls-key FILE         its private key, PEM (env DWCP_TLS_KEY)
+  --tls-ca FILE          the cluster CA that peers' certificates must chain to (env DWCP_TLS_CA)
+  --tls-peer NAME        with --tls auto: a configured peer always reached over TLS; repeatable
+                         (env DWCP_TLS_PEERS, comma-separated)
   -h, --help             show this help
 
 The API token (needed when --api is not a loopback address) comes from DWCP_TOKEN or the config file.`;
@@ -58,6 +68,11 @@ async function agentCommand(args: string[]): Promise<number> {
       root: { type: "string", multiple: true },
       peer: { type: "string", multiple: true },
       "secret-file": { type: "string" },
+      tls: { type: "string" },
+      "tls-cert": { type: "string" },
+      "tls-key": { type: "string" },
+      "tls-ca": { type: "string" },
+      "tls-peer": { type: "string", multiple: true },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -74,11 +89,17 @@ async function agentCommand(args: string[]): Promise<number> {
     root: values.root,
     peer: values.peer,
     secretFile: values["secret-file"],
+    tls: values.tls,
+    tlsCert: values["tls-cert"],
+    tlsKey: values["tls-key"],
+    tlsCa: values["tls-ca"],
+    tlsPeer: values["tls-peer"],
   });
   const agent = await startAgent(config);
   console.log(
     `dwcp agent ${config.agentId}: API http://${agent.apiAddr.hostname}:${agent.apiAddr.port}, ` +
-      `data port ${agent.dataAddr.hostname}:${agent.dataAddr.port}, roots ${config.roots.join(", ")}`,
+      `data port ${agent.dataAddr.hostname}:${agent.dataAddr.port} (TLS ${config.tls.mode}), ` +
+      `roots ${config.roots.join(", ")}`,
   );
   const stopped = Promise.withResolvers<void>();
   for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => stopped.resolve());
@@ -103,6 +124,8 @@ export async function run(args: string[]): Promise<number> {
         return await vmCommand(rest);
       case "migrate":
         return await migrateCommand(rest);
+      case "cert":
+        return await certCommand(rest);
       case "demo":
         return await demoCommand(rest);
       case undefined:

@@ -29,10 +29,10 @@ export function formatDuration(ms: number): string {
   return `${Math.floor(whole / 3600)}h${pad2(Math.floor(whole / 60) % 60)}m`;
 }
 
-/** Time left at the current rate as m:ss or h:mm:ss; "--:--" while the rate is unknown. */
+/** Time left (the agent's ETA: forecast or current rate) as m:ss or h:mm:ss; "--:--" while unknown. */
 export function formatEta(s: TransferSnapshot): string {
-  if (s.bytesPerSec <= 0) return "--:--";
-  const left = Math.ceil(Math.max(0, s.sizeBytes - s.bytesDone) / s.bytesPerSec);
+  if (!s.eta) return "--:--";
+  const left = Math.ceil(s.eta.ms / 1000);
   const [h, m, sec] = [Math.floor(left / 3600), Math.floor(left / 60) % 60, left % 60];
   return h ? `${h}:${pad2(m)}:${pad2(sec)}` : `${m}:${pad2(sec)}`;
 }

@@ -29,6 +29,10 @@ on stderr and a summary when it ends. Ctrl-C cancels the transfer.
   --streams N            parallel TCP streams, 1..${LIMITS.maxStreams} (default: the agent's setting)
   --codec NAME           ${CODEC_SETTINGS.join(" | ")} (default: the agent's setting; auto: chosen per chunk)
   --overwrite            replace PATH if it exists on the peer
+  --base OLDFILE         an older version of FILE (inside the agent's roots) that the peer holds at
+                         PATH: pages travel as deltas against it if the peer's copy has the same
+                         content hash, else whole; a PATH that is this base is replaced without
+                         --overwrite
   --no-wait              print the transfer id and exit without following it
 
 ${CLIENT_OPTIONS_HELP}
@@ -78,6 +82,7 @@ export async function sendCommand(args: string[]): Promise<number> {
       streams: { type: "string" },
       codec: { type: "string" },
       overwrite: { type: "boolean" },
+      base: { type: "string" },
       "no-wait": { type: "boolean" },
     },
   });
@@ -102,6 +107,7 @@ export async function sendCommand(args: string[]): Promise<number> {
         streams,
         codec,
         overwrite: values.overwrite,
+        base: values.base === undefined ? undefined : resolve(values.base),
       }),
     onStart: (started, signal) => {
       if (!values["no-wait"] || signal.aborted) return;

@@ -16,13 +16,6 @@ import { type CodecName, CODECS } from "../../ffi/codec.ts";
 export type CodecSetting = CodecName | "auto";
 export const CODEC_SETTINGS: readonly CodecSetting[] = [...CODECS, "auto"];
 
-/**
- * Chunk size for "auto" transfers unless one is asked for. Chunks are compressed independently, so a
- * chunk is all the context a codec gets: on a 1 GiB guest's memory zstd 3 saved 75.7 % at 1 MiB and
- * 84.1 % at 4 MiB (the CLI on the whole file: 85.6 %), and ran faster (bench/hde_vs_cli.ts).
- */
-export const AUTO_CHUNK_BYTES = 4 * 1024 * 1024;
-
 /** What the policy assumes of a link it has not measured yet: fast, so it starts by sending raw. */
 export const UNMEASURED_LINK_BYTES_PER_SEC = 1.25e9;
 
@@ -36,13 +29,43 @@ export function specKey(spec: CodecSpec): string {
   return spec.level === undefined ? spec.codec : `${spec.codec}:${spec.level}`;
 }
 
-/** What "auto" chooses from besides sending raw: fast lz4, and zstd from cheap to thorough. */
-export const AUTO_CANDIDATES: readonly CodecSpec[] = [
-  { codec: "lz4" },
-  { codec: "zstd", level: 1 },
-  { codec: "zstd", level: 3 },
-  { codec: "zstd", level: 9 },
-];
+/** How "auto" weighs CPU against wire bytes; the link's mode (datacenter or internet) sets it. */
+export type CodecBias = "datacenter" | "internet";
+export const CODEC_BIASES: readonly CodecBias[] = ["datacenter", "internet"];
+
+export interface BiasSettings {
+  /** What the policy may pick besides sending raw (none: zero pages only). */
+  candidates: readonly CodecSpec[];
+  /** Chunk size for "auto" transfers unless one is asked for. */
+  chunkBytes: number;
+}
+
+const MiB = 1024 * 1024;
+
+/**
+ * datacenter: raw, zero pages left out. There the endpoints, not the wire, are the limit: what a sender
+ * measures as the link's rate is its own, the receiver's and the kernel's CPU, which a compressor takes
+ * from. Measured on loopback (bench/codec_loopback.ts): lz4 chosen wherever the policy's model promised
+ * 1.5x raw ran at 0.82x of raw on VM memory and 0.91x on text. Links slower than the compressors have
+ * longer round trips, and the mode policy (src/mode/) makes them hybrid or internet.
+ * internet: the link is the bottleneck, so spend CPU for ratio. Chunks are compressed independently, so
+ * a chunk is all the context a codec gets: on a 1 GiB guest's memory (half zero pages) zstd saved
+ * 83.2 % at level 3 with 4 MiB chunks, 84.6 % at 3 with 8 MiB, 86.0 % at 6 with 8 MiB (404 MB/s on one
+ * core), against 85.1 % for the `zstd -3` CLI on the whole file. zstd 9 is left out: it ran 7x slower
+ * than 6 for well under a point more.
+ */
+export const CODEC_BIAS: Record<CodecBias, BiasSettings> = {
+  datacenter: { candidates: [], chunkBytes: 4 * MiB },
+  internet: {
+    candidates: [
+      { codec: "lz4" },
+      { codec: "zstd", level: 1 },
+      { codec: "zstd", level: 3 },
+      { codec: "zstd", level: 6 },
+    ],
+    chunkBytes: 8 * MiB,
+  },
+};
 
 export interface CodecChoice extends CodecSpec {
   /** Raw bytes per second the policy expects end to end with this codec. */
@@ -73,10 +96,13 @@ const PRIORS: Record<string, { bytesPerSec: number; savingsToLz4: number }> = {
   zstd: { bytesPerSec: 340e6, savingsToLz4: 1.13 },
   "zstd:1": { bytesPerSec: 560e6, savingsToLz4: 1.08 },
   "zstd:3": { bytesPerSec: 340e6, savingsToLz4: 1.13 },
-  "zstd:9": { bytesPerSec: 60e6, savingsToLz4: 1.2 },
+  "zstd:6": { bytesPerSec: 360e6, savingsToLz4: 1.17 },
 };
 /** Samples that saved less than this say nothing about a codec's relative savings. */
 const MIN_SAMPLE_SAVINGS = 0.02;
+/** How much less a more thorough codec may promise and still replace a faster one; and how much more
+ * than raw the chosen codec must promise. */
+const SWITCH_GAIN = 1.05;
 /** Weight of a new measurement in the running averages. */
 const ALPHA = 0.2;
 /**
@@ -93,7 +119,10 @@ export class CodecPolicy {
   #link = 0;
   #compressible = 0;
 
-  /** candidates: the codecs it may pick besides "none"; workers: compressions that can run at once. */
+  /**
+   * candidates: the codecs it may pick besides "none", ordered from fast to thorough (each saves at
+   * least what the ones before it save); workers: compressions that can run at once.
+   */
   constructor(readonly candidates: readonly CodecSpec[], readonly workers: number) {
     for (const c of candidates) {
       const prior = PRIORS[specKey(c)] ?? { bytesPerSec: 300e6, savingsToLz4: 1 };
@@ -104,15 +133,25 @@ export class CodecPolicy {
 
   choose(inputs: PolicyInputs): CodecChoice {
     this.#link = inputs.linkBytesPerSec;
-    let best: CodecChoice = { codec: "none", expectedBytesPerSec: inputs.linkBytesPerSec };
+    const raw: CodecChoice = { codec: "none", expectedBytesPerSec: inputs.linkBytesPerSec };
+    let best = raw;
+    // Candidates run from fast to thorough, and a more thorough one saves at least what the ones
+    // before it save. Each codec's savings are learned on the chunks it happened to get (a probe may
+    // land on poor data), so that order caps every estimate at the one before it; and the sample
+    // underrates thorough codecs (16 KiB of lz4 cannot see what zstd 6 finds in 8 MiB), so a more
+    // thorough codec wins unless it promises clearly less: unless the CPU would be the limit.
+    let ratioCap = 1;
     for (const spec of this.candidates) {
       const key = specKey(spec);
       const savings = (1 - inputs.sampleRatio) * this.#savingsToSample.get(key)!;
-      const ratio = Math.min(1, Math.max(0.01, 1 - savings));
+      const ratio = Math.min(ratioCap, Math.max(0.01, 1 - savings));
+      ratioCap = ratio;
       const expected = Math.min(this.#speed.get(key)! * this.workers, inputs.linkBytesPerSec / ratio);
-      // Prefer the cheaper choice unless the gain is real (5 %), so noise does not flip codecs.
-      if (expected > best.expectedBytesPerSec * 1.05) best = { ...spec, expectedBytesPerSec: expected };
+      if (best === raw || expected * SWITCH_GAIN >= best.expectedBytesPerSec) {
+        best = { ...spec, expectedBytesPerSec: expected };
+      }
     }
+    if (best.expectedBytesPerSec < raw.expectedBytesPerSec * SWITCH_GAIN) best = raw;
     if (best.codec !== "none" && ++this.#compressible % PROBE_EVERY === 0) {
       const probe = this.candidates[(this.#compressible / PROBE_EVERY) % this.candidates.length];
       best = { ...probe, expectedBytesPerSec: best.expectedBytesPerSec };

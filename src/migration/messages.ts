@@ -10,6 +10,18 @@
  *   dest → source  finished
  *   source → dest  abort {reason}                         stop the incoming VM (any time before finish)
  *   dest → source  aborted
+ *
+ * With dedupe (`dedupe: true` in migrate-prepare, `dedupe: true` in prepared when the destination keeps a
+ * chunk store) the stream transfer carries QEMU's stream re-encoded (src/dedupe/migration_stream.ts), and
+ *   dest → source  dedupe-want {want}                     a WANT of the dedupe exchange, base64
+ *
+ * With postcopy (`postcopy: true` in migrate-prepare, confirmed by `postcopy: true` in prepared once the
+ * incoming QEMU took the postcopy-ram and return-path capabilities), QEMU's return path travels back here:
+ *   dest → source  return-path {data}                     bytes the incoming QEMU wrote, base64
+ *   dest → source  incoming-completed                      the incoming QEMU holds every page
+ *
+ * With multifd (`multifdChannels: K` in migrate-prepare), `prepared` names one sink per multifd channel in
+ * `channels`; each of QEMU's K + 1 connections travels as its own stream transfer.
  */
 import type { VmSpec } from "../vm/spec.ts";
 
@@ -17,11 +29,41 @@ export interface PrepareMessage {
   type: "migrate-prepare";
   migrationId: string;
   vm: VmSpec;
+  /** Asks for the stream deduped against the destination's chunk store. */
+  dedupe?: boolean;
+  /** Asks for postcopy: the destination sets postcopy-ram and return-path before migrate-incoming. */
+  postcopy?: boolean;
+  /** QEMU multifd channels besides the main one; 0 or absent: one channel. */
+  multifdChannels?: number;
 }
 
 export interface PreparedMessage {
   type: "prepared";
   sink: string;
+  /** The sink takes the deduped stream; absent or false: QEMU's stream as it is. */
+  dedupe?: boolean;
+  /** The incoming QEMU is set for postcopy and this agent carries its return path. */
+  postcopy?: boolean;
+  /** With multifd: the sinks for QEMU's channels 1..K, in order (`sink` takes the main channel). */
+  channels?: string[];
+}
+
+/** Bytes the incoming QEMU wrote on its migration socket (its return path), base64. */
+export interface ReturnPathMessage {
+  type: "return-path";
+  data: string;
+}
+
+/**
+ * Return-path bytes per message: QEMU's return-path messages are a few to a few dozen bytes (a page
+ * request is 20 to 40); base64 of this much stays well under the exchange's 64 KiB message limit.
+ */
+export const RETURN_PATH_MAX_BYTES = 32 * 1024;
+
+/** A WANT (docs/wire-format.md §6), base64: at most 56 bytes, one per offer of up to 1 MiB of pages. */
+export interface DedupeWantMessage {
+  type: "dedupe-want";
+  want: string;
 }
 
 export interface RunningMessage {

@@ -519,6 +519,15 @@ export class QmpClient {
     await this.execute("migrate-incoming", { uri });
   }
 
+  /**
+   * Switches a running migration (with the postcopy-ram capability on both sides) to postcopy: the
+   * source stops the guest, sends its device state, and the destination runs it and fetches the pages
+   * it still lacks over the return path.
+   */
+  async migrateStartPostcopy(): Promise<void> {
+    await this.execute("migrate-start-postcopy");
+  }
+
   async migrateCancel(): Promise<void> {
     await this.execute("migrate_cancel");
   }

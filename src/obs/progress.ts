@@ -33,6 +33,13 @@ export interface TransferSnapshot {
   streams: StreamFigures[];
   retransmits: number;
   encoding?: unknown;
+  /** Page-delta figures of a transfer that named a base (src/transport/delta_base.ts DeltaStatus). */
+  delta?: unknown;
+  /**
+   * Time left while running: the bytes left at the link's forecast rate (wire bytes scaled by the
+   * ratio so far) when the peer has a forecast, else at the current rate.
+   */
+  eta?: { ms: number; basis: "forecast" | "current"; predictor?: string };
   startedAt: string;
   finishedAt?: string;
   elapsedMs: number;
@@ -49,6 +56,10 @@ export class TransferProgress {
   readonly #wireMeter = new RateMeter();
   /** Extra figures shown under `encoding` (the adaptive codec policy's inputs and choices). */
   encoding?: () => unknown;
+  /** Page-delta figures shown under `delta` when the transfer named a base. */
+  delta?: () => unknown;
+  /** The link's bandwidth forecast (wire bytes/s) and who made it, for the ETA. */
+  forecast?: () => { bytesPerSec: number; predictor: string } | undefined;
   readonly #streams: { meter: RateMeter; wireBytes: number; frames: number; lost: boolean }[] = [];
   #wireBytes = 0;
   readonly #startMs: number;
@@ -125,6 +136,18 @@ export class TransferProgress {
     for (const l of this.#listeners) l(snap);
   }
 
+  #eta(t: number, done: number): TransferSnapshot["eta"] {
+    if (this.state !== "running" || this.info.sizeBytes <= 0) return undefined;
+    const left = Math.max(0, this.info.sizeBytes - done);
+    const f = this.forecast?.();
+    if (f && f.bytesPerSec > 0) {
+      const rawPerWire = this.#wireBytes > 0 ? done / this.#wireBytes : 1;
+      return { ms: (left * 1000) / (f.bytesPerSec * rawPerWire), basis: "forecast", predictor: f.predictor };
+    }
+    const rate = this.#meter.bytesPerSec(t);
+    return rate > 0 ? { ms: (left * 1000) / rate, basis: "current" } : undefined;
+  }
+
   snapshot(): TransferSnapshot {
     const t = this.#endMs ?? this.now();
     const elapsedMs = t - this.#startMs;
@@ -150,6 +173,8 @@ export class TransferProgress {
       })),
       retransmits: this.retransmits,
       encoding: this.encoding?.(),
+      delta: this.delta?.(),
+      eta: this.#eta(t, done),
       startedAt: new Date(this.#startMs).toISOString(),
       finishedAt: this.#endMs === undefined ? undefined : new Date(this.#endMs).toISOString(),
       elapsedMs,

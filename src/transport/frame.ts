@@ -21,7 +21,7 @@ export const MAX_FRAME_PAYLOAD_BYTES = 64 * 1024 * 1024;
 export interface FrameHeader {
   type: FrameType;
   codec: number;
-  /** HDE payload flags (src/encoding/chunk_codec.ts); absent or 0 for a plain or codec-only payload. */
+  /** HDE payload flags (chunk_codec.ts, page_delta.ts); absent or 0 for a plain or codec-only payload. */
   flags?: number;
   seq: number;
   /** 16 raw bytes of the transfer's UUID. */
@@ -33,8 +33,11 @@ export interface FrameHeader {
   checksum: Uint8Array;
 }
 
-/** Flag bits a frame may carry; any other bit is refused. */
-export const KNOWN_FLAGS = 0x1;
+/**
+ * Flag bits a frame may carry; any other bit is refused. Bit 0 PAGES (src/encoding/chunk_codec.ts), bit 1
+ * DELTA (src/encoding/page_delta.ts).
+ */
+export const KNOWN_FLAGS = 0x3;
 
 const OFF_TYPE = 0,
   OFF_CODEC = 1,

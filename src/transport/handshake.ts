@@ -65,15 +65,25 @@ function nonce(): string {
   return randomBytes(32).toString("hex");
 }
 
-/** Client side. Resolves with the server's identity; throws PeerError("auth_failed") on a wrong secret. */
-export async function clientHandshake(conn: Duplex, secret: string, me: PeerIdentity): Promise<PeerIdentity> {
+/**
+ * Client side. Resolves with the server's identity; throws PeerError("auth_failed") on a wrong secret.
+ * onRoundTrip gets the hello → challenge round trip in ms, a free RTT sample for link probing.
+ */
+export async function clientHandshake(
+  conn: Duplex,
+  secret: string,
+  me: PeerIdentity,
+  onRoundTrip?: (rttMs: number) => void,
+): Promise<PeerIdentity> {
   const preamble = new Uint8Array(8);
   preamble.set(MAGIC);
   new DataView(preamble.buffer).setUint16(4, PROTOCOL_VERSION, true);
   await writeAll(conn, preamble);
   const cNonce = nonce();
+  const sentAtMs = performance.now();
   await sendMessage(conn, { type: "hello", ...me, nonce: cNonce } satisfies Hello);
   const ch = await expectMessage<Challenge>(conn, "challenge");
+  onRoundTrip?.(performance.now() - sentAtMs);
   if (!sameProof(ch.proof, proof(secret, "server", cNonce, ch.nonce))) {
     // Tell the server too, so its operator sees the mismatch in its log.
     await sendMessage(conn, {

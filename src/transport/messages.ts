@@ -11,6 +11,11 @@ export type OpenTarget =
     sourceName: string;
     sizeBytes: number;
     overwrite: boolean;
+    /**
+     * An older version of the file that the receiver may hold at the destination: chunks then travel as
+     * page deltas against it. A destination that is this base may be replaced without `overwrite`.
+     */
+    base?: BaseRef;
   }
   | {
     mode: "stream";
@@ -34,6 +39,22 @@ export interface AcceptedMessage {
   path: string;
   /** Credit per stream: the most unacknowledged chunks a stream may have in flight. */
   windowChunks: number;
+  /** Present when the open named a base: whether the destination holds it. */
+  base?: BaseAnswer;
+}
+
+/** A base for page deltas, named by content. */
+export interface BaseRef {
+  /** XXH3-128 of the file, folded over 1 MiB pieces then the byte count (delta_base.ts), 32 hex digits. */
+  hash: string;
+  sizeBytes: number;
+}
+
+/** The receiver's answer about a base. */
+export interface BaseAnswer {
+  held: boolean;
+  /** What the receiver found: where it holds the base, or why it does not. */
+  detail: string;
 }
 
 /** First message on a stream connection: joins an accepted transfer. */

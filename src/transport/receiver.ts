@@ -8,9 +8,11 @@
 import { codecName, xxh3Into } from "../../ffi/codec.ts";
 import { CODEC_SETTINGS } from "../encoding/codec_policy.ts";
 import { ChunkDecoder } from "../encoding/chunk_codec.ts";
+import { FLAG_DELTA } from "../encoding/page_delta.ts";
 import { PathError, type Roots } from "../agent/roots.ts";
 import { TransferProgress } from "../obs/progress.ts";
 import { type ChunkSink, FileSink, RefusedError, StreamSink } from "./chunk_sink.ts";
+import { DeltaReceiving, FileHashCache, matchBase } from "./delta_base.ts";
 import {
   decodeHeader,
   encodeHeader,
@@ -21,6 +23,7 @@ import {
   uuidToBytes,
 } from "./frame.ts";
 import { type PeerIdentity, serverHandshake } from "./handshake.ts";
+import type { DataConn, DataListener } from "./tls.ts";
 import type { AcceptedMessage, AttachMessage, CommitMessage, OpenMessage } from "./messages.ts";
 import {
   closeQuietly,
@@ -45,7 +48,7 @@ export const LIMITS = {
 
 /** Handles a connection whose first message has this type; the agent registers these (migrations). */
 export type ExchangeHandler = (
-  conn: Deno.TcpConn,
+  conn: DataConn,
   first: { type: string },
   peer: PeerIdentity,
 ) => Promise<void>;
@@ -91,6 +94,14 @@ function validateOpen(m: OpenMessage): void {
     if (!Number.isSafeInteger(t.sizeBytes) || t.sizeBytes < 0) {
       fail(`sizeBytes ${t.sizeBytes} is not a valid size`);
     }
+    const b = t.base;
+    if (
+      b !== undefined &&
+      (typeof b?.hash !== "string" || !/^[0-9a-f]{32}$/.test(b.hash) || !Number.isSafeInteger(b.sizeBytes) ||
+        b.sizeBytes < 0)
+    ) {
+      fail(`base ${JSON.stringify(b)} must be {hash: 32 lowercase hex digits, sizeBytes: a size}`);
+    }
   } else if (t?.mode === "stream") {
     if (typeof t.sink !== "string") fail("sink must be a string");
   } else {
@@ -118,7 +129,13 @@ class IncomingTransfer {
   #finished = false;
   readonly #ended = Promise.withResolvers<void>();
 
-  constructor(readonly open: OpenMessage, peer: string, readonly sink: ChunkSink) {
+  constructor(
+    readonly open: OpenMessage,
+    peer: string,
+    readonly sink: ChunkSink,
+    /** Page deltas, when the open named a base. */
+    readonly delta?: DeltaReceiving,
+  ) {
     this.transferIdBytes = uuidToBytes(open.transferId);
     this.progress = new TransferProgress({
       id: open.transferId,
@@ -131,6 +148,7 @@ class IncomingTransfer {
       chunkBytes: open.chunkBytes,
       streams: open.streams,
     });
+    if (delta) this.progress.delta = () => delta.status();
   }
 
   get finished(): boolean {
@@ -145,6 +163,7 @@ class IncomingTransfer {
     const encoded = new Uint8Array(this.open.chunkBytes);
     const checksum = new Uint8Array(8);
     const decoder = new ChunkDecoder(this.open.chunkBytes);
+    const deltas = this.delta?.stream(this.open.chunkBytes);
     // Acks come from this reader and, for streams, from the sink's delivery: one write at a time.
     let writes = Promise.resolve();
     const reply = (type: FrameType, h: { seq: number; offset: number; rawLen: number }) => {
@@ -179,7 +198,9 @@ class IncomingTransfer {
         const body = plain ? data : encoded.subarray(0, h.encLen);
         await readFull(conn, body);
         // undefined: the payload does not decode; the checksum then decides nothing and the chunk is resent.
-        const allZero = plain ? false : await decoder.decode(flags, h.codec, body, data);
+        const allZero = plain ? false : flags & FLAG_DELTA
+          ? await deltas?.decode(h, body, data) // no base here: undefined, and the sender resends it whole
+          : await decoder.decode(flags, h.codec, body, data);
         const good = allZero !== undefined && (xxh3Into(data, checksum), sameBytes(checksum, h.checksum));
         if (!good) {
           this.progress.retransmits++;
@@ -187,9 +208,11 @@ class IncomingTransfer {
           continue;
         }
         const { seq, offset, rawLen, encLen } = h;
+        const tally = deltas?.tally(h);
         try {
           const ack = (fresh: boolean) => {
             if (fresh) this.progress.chunkDone(stream, rawLen, FRAME_HEADER_BYTES + encLen);
+            if (fresh && tally) this.delta?.add(tally);
             return reply(FrameType.Ack, { seq, offset, rawLen });
           };
           await this.sink.accept(h, data, ack, allZero);
@@ -201,6 +224,7 @@ class IncomingTransfer {
       }
     } finally {
       decoder.close();
+      deltas?.close();
       this.streams.delete(conn);
       closeQuietly(conn);
     }
@@ -226,18 +250,21 @@ class IncomingTransfer {
 
 export class DataServer {
   readonly #active = new Map<string, IncomingTransfer>();
-  readonly #conns = new Set<Deno.TcpConn>();
+  readonly #conns = new Set<DataConn>();
+  /** Hashes of candidate bases (destination files), so a second transfer need not read them again. */
+  readonly #hashes = new FileHashCache();
 
-  constructor(readonly listener: Deno.TcpListener, readonly opts: ReceiverOptions) {}
+  /** The listener is plain, TLS, or both on one port (tls.ts); it sets TCP_NODELAY where Deno can. */
+  constructor(readonly listener: DataListener, readonly opts: ReceiverOptions) {}
 
   get addr(): Deno.NetAddr {
-    return this.listener.addr as Deno.NetAddr;
+    return this.listener.addr;
   }
 
   /** Accepts until close(); a failed accept (a peer that reset early, no free descriptors) is logged. */
   async serve(): Promise<void> {
     while (true) {
-      let conn: Deno.TcpConn;
+      let conn: DataConn;
       try {
         conn = await this.listener.accept();
       } catch (err) {
@@ -259,10 +286,9 @@ export class DataServer {
     for (const c of this.#conns) closeQuietly(c);
   }
 
-  async #handle(conn: Deno.TcpConn): Promise<void> {
-    const remote = conn.remoteAddr as Deno.NetAddr;
+  async #handle(conn: DataConn): Promise<void> {
+    const remote = conn.remoteAddr;
     try {
-      conn.setNoDelay(true);
       const timer = setTimeout(() => closeQuietly(conn), LIMITS.handshakeTimeoutMs);
       let peer: PeerIdentity;
       try {
@@ -292,18 +318,27 @@ export class DataServer {
     }
   }
 
-  async #openSink(open: OpenMessage): Promise<ChunkSink> {
+  /** For a file target that names a base: whether its destination holds that base. */
+  async #matchBase(open: OpenMessage): Promise<DeltaReceiving | undefined> {
+    const t = open.target;
+    if (t.mode !== "file" || !t.base) return undefined;
+    const path = await this.opts.roots.destination(t.destination, t.sourceName, true);
+    return new DeltaReceiving(t.base, await matchBase(path, t.base, this.#hashes));
+  }
+
+  /** baseHeld: the destination is the transfer's base, which it may replace without `overwrite`. */
+  async #openSink(open: OpenMessage, baseHeld: boolean): Promise<ChunkSink> {
     const t = open.target;
     if (t.mode === "stream") {
       const output = this.opts.sinks.take(t.sink);
       if (!output) throw new RefusedError("unknown_sink", `no stream sink "${t.sink}" is waiting here`);
       return new StreamSink(t.sink, output);
     }
-    const finalPath = await this.opts.roots.destination(t.destination, t.sourceName, t.overwrite);
+    const finalPath = await this.opts.roots.destination(t.destination, t.sourceName, t.overwrite || baseHeld);
     return await FileSink.create(finalPath, open.transferId, t.sizeBytes, open.chunkBytes, this.opts.fsync);
   }
 
-  async #control(conn: Deno.Conn, open: OpenMessage, peer: string): Promise<void> {
+  async #control(conn: DataConn, open: OpenMessage, peer: string): Promise<void> {
     validateOpen(open);
     if (this.#active.size >= LIMITS.maxTransfers) {
       throw new RefusedError(
@@ -314,7 +349,15 @@ export class DataServer {
     if (this.#active.has(open.transferId)) {
       throw new RefusedError("duplicate", `transfer ${open.transferId} exists`);
     }
-    const t = new IncomingTransfer(open, peer, await this.#openSink(open));
+    const delta = await this.#matchBase(open);
+    let sink: ChunkSink;
+    try {
+      sink = await this.#openSink(open, delta?.answer.held ?? false);
+    } catch (err) {
+      delta?.close();
+      throw err;
+    }
+    const t = new IncomingTransfer(open, peer, sink, delta);
     this.#active.set(open.transferId, t);
     this.opts.onIncoming(t.progress);
     t.progress.setState("running");
@@ -325,6 +368,7 @@ export class DataServer {
           type: "accepted",
           path: t.sink.label,
           windowChunks: this.opts.windowChunks,
+          base: delta?.answer,
         } satisfies AcceptedMessage,
       );
       const sinkFailed = t.sink.failed.then((err) => Promise.reject(err));
@@ -363,10 +407,11 @@ export class DataServer {
       this.opts.log("incoming transfer failed", { transfer: open.transferId, ...error });
     } finally {
       this.#active.delete(open.transferId);
+      delta?.close();
     }
   }
 
-  async #stream(conn: Deno.Conn, attach: AttachMessage): Promise<void> {
+  async #stream(conn: DataConn, attach: AttachMessage): Promise<void> {
     const t = this.#active.get(String(attach.transferId));
     if (!t || t.finished) {
       throw new RefusedError("unknown_transfer", `no open transfer ${attach.transferId} here`);

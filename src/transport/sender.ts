@@ -8,14 +8,16 @@
 import type { CodecName } from "../../ffi/codec.ts";
 import { ChunkEncoder } from "../encoding/chunk_codec.ts";
 import {
-  AUTO_CANDIDATES,
+  CODEC_BIAS,
+  type CodecBias,
   CodecPolicy,
   type CodecSetting,
   UNMEASURED_LINK_BYTES_PER_SEC,
 } from "../encoding/codec_policy.ts";
 import type { TransferProgress } from "../obs/progress.ts";
 import { type ChunkSource, SourceError } from "./chunk_source.ts";
-import { dial, type PeerAddress, TransferError } from "./dial.ts";
+import { DeltaSending, type SendBase } from "./delta_base.ts";
+import { dial, type DialObserver, type PeerAddress, type PeerConn, TransferError } from "./dial.ts";
 import {
   CHECKSUM_OFFSET,
   decodeHeader,
@@ -56,9 +58,19 @@ export interface SendOptions {
   peer: PeerAddress;
   /** What the receiver is asked to take: a file at a destination, or a stream into a named sink. */
   target: OpenTarget;
+  /** This side's copy of the base a file target names: chunks go as page deltas if the peer holds it too. */
+  base?: SendBase;
   streams: number;
   chunkBytes: number;
   codec: CodecSetting;
+  /** How "auto" weighs CPU against wire bytes (the link's mode); datacenter unless told. */
+  codecBias?: CodecBias;
+  /**
+   * What "auto" assumes the link carries until this transfer has measured it: the link's mode knows
+   * (src/mode/parameters.ts streams.linkBytesPerSec). Without it the policy assumes a fast link and
+   * sends each stream's first chunks raw: 8 streams × 8 MiB raw on the emulated wan, a third of the time.
+   */
+  linkBytesPerSecHint?: number;
   maxRetries: number;
   /** Fail when no acknowledgement arrives for this long. */
   stallTimeoutMs: number;
@@ -66,6 +78,8 @@ export interface SendOptions {
   maxBytesPerSec?: number;
   secret: string;
   identity: PeerIdentity;
+  /** Told of each connection to the peer (link probing: round trips, and sockets to sample). */
+  observer?: DialObserver;
 }
 
 /** How fast the link estimate forgets a peak: it halves over about 140 chunks without a new one. */
@@ -78,9 +92,9 @@ export class OutgoingTransfer {
   readonly #opts: SendOptions;
   readonly #source: ChunkSource;
   readonly #progress: TransferProgress;
-  readonly #control: Deno.TcpConn;
+  readonly #control: PeerConn;
   readonly #windowChunks: number;
-  readonly #streams: Deno.TcpConn[] = [];
+  readonly #streams: PeerConn[] = [];
   readonly #wake = new Signal();
   #failure?: TransferError;
   #cancelled = false;
@@ -90,27 +104,33 @@ export class OutgoingTransfer {
   readonly #bucket?: TokenBucket;
   /** The adaptive codec policy, shared by the streams, when the codec is "auto". */
   readonly #policy?: CodecPolicy;
+  /** Page deltas against the base, when the transfer named one. */
+  readonly #delta?: DeltaSending;
   #peakLinkBytesPerSec = 0;
 
   private constructor(
     opts: SendOptions,
     source: ChunkSource,
     progress: TransferProgress,
-    control: Deno.TcpConn,
+    control: PeerConn,
     accepted: AcceptedMessage,
+    delta?: DeltaSending,
   ) {
     this.#opts = opts;
     this.#source = source;
     this.#progress = progress;
     this.#control = control;
     this.#windowChunks = accepted.windowChunks;
+    this.#delta = delta;
+    if (delta) progress.delta = () => delta.status();
     if (opts.maxBytesPerSec) this.#bucket = new TokenBucket(opts.maxBytesPerSec, opts.chunkBytes, Date.now());
     if (opts.codec === "auto") {
       // Compressions run on FFI worker threads, at most one per stream, on the cores the transfer itself
       // (the main thread and the kernel's copies) leaves free: counting every core made "auto" compress
       // on loopback and run at 0.8x of "none" on 2 cores.
       const freeCores = Math.max(1, navigator.hardwareConcurrency - 1);
-      const policy = new CodecPolicy(AUTO_CANDIDATES, Math.min(opts.streams, freeCores));
+      const { candidates } = CODEC_BIAS[opts.codecBias ?? "datacenter"];
+      const policy = new CodecPolicy(candidates, Math.min(opts.streams, freeCores));
       this.#policy = policy;
       progress.encoding = () => policy.snapshot();
     }
@@ -125,7 +145,7 @@ export class OutgoingTransfer {
     source: ChunkSource,
     progress: TransferProgress,
   ): Promise<OutgoingTransfer> {
-    const control = await dial(opts.peer, opts.secret, opts.identity);
+    const control = await dial(opts.peer, opts.secret, opts.identity, opts.observer);
     try {
       await sendMessage(
         control,
@@ -140,7 +160,16 @@ export class OutgoingTransfer {
       );
       const accepted = await expectMessage<AcceptedMessage>(control, "accepted");
       progress.info.destination = accepted.path;
-      return new OutgoingTransfer(opts, source, progress, control, accepted);
+      const delta = opts.base
+        ? await DeltaSending.start(
+          opts.base,
+          accepted.base,
+          opts.chunkBytes,
+          source.sizeBytes ?? 0,
+          opts.codec !== "none",
+        )
+        : undefined;
+      return new OutgoingTransfer(opts, source, progress, control, accepted, delta);
     } catch (err) {
       closeQuietly(control);
       throw err;
@@ -192,6 +221,7 @@ export class OutgoingTransfer {
       this.#streams.forEach(closeQuietly);
       closeQuietly(this.#control);
       this.#source.close();
+      this.#delta?.close();
     }
   }
 
@@ -237,7 +267,9 @@ export class OutgoingTransfer {
    */
   #linkEstimate(): number {
     const now = this.#progress.wireBytesPerSec();
-    if (now === 0 && this.#peakLinkBytesPerSec === 0) return UNMEASURED_LINK_BYTES_PER_SEC;
+    if (now === 0 && this.#peakLinkBytesPerSec === 0) {
+      return this.#opts.linkBytesPerSecHint ?? UNMEASURED_LINK_BYTES_PER_SEC;
+    }
     this.#peakLinkBytesPerSec = Math.max(now, this.#peakLinkBytesPerSec * PEAK_DECAY_PER_CHUNK);
     return this.#peakLinkBytesPerSec;
   }
@@ -280,8 +312,8 @@ export class OutgoingTransfer {
     }
   }
 
-  async #attach(stream: number): Promise<Deno.TcpConn> {
-    const conn = await dial(this.#opts.peer, this.#opts.secret, this.#opts.identity);
+  async #attach(stream: number): Promise<PeerConn> {
+    const conn = await dial(this.#opts.peer, this.#opts.secret, this.#opts.identity, this.#opts.observer);
     try {
       await sendMessage(conn, { type: "attach", transferId: this.#opts.transferId, stream });
       await expectMessage<AttachedMessage>(conn, "attached");
@@ -292,7 +324,7 @@ export class OutgoingTransfer {
     }
   }
 
-  async #runStream(conn: Deno.TcpConn, stream: number, sched: StripeScheduler): Promise<void> {
+  async #runStream(conn: PeerConn, stream: number, sched: StripeScheduler): Promise<void> {
     const wireLen = new Map<number, number>(); // seq → bytes it took on the wire, for the progress figures
     const acks = this.#readAcks(conn, stream, sched, wireLen);
     const stop = () => this.#failure !== undefined || !sched.isAlive(stream);
@@ -306,7 +338,7 @@ export class OutgoingTransfer {
   }
 
   async #sendChunks(
-    conn: Deno.TcpConn,
+    conn: PeerConn,
     stream: number,
     sched: StripeScheduler,
     wireLen: Map<number, number>,
@@ -316,6 +348,7 @@ export class OutgoingTransfer {
     const transferId = uuidToBytes(this.#opts.transferId);
     const scratch = new Uint8Array(FRAME_HEADER_BYTES + chunkBytes);
     const encoder = new ChunkEncoder(chunkBytes, FRAME_HEADER_BYTES);
+    const deltas = this.#delta?.stream(FRAME_HEADER_BYTES);
     const policy = this.#policy;
     let sampleRatio = 1;
     const pick = policy
@@ -332,12 +365,11 @@ export class OutgoingTransfer {
           continue;
         }
         const chunk = this.#source.load(seq, scratch);
-        // Zero pages and the codec shrink the payload; a chunk that gains nothing goes raw.
-        const { frame, flags, codec: codecId, encLen, compression: c } = await encoder.encode(
-          chunk.frame,
-          chunk.length,
-          pick,
-        );
+        // A delta against the base, else zero pages and the codec shrink the payload; a chunk that gains
+        // nothing goes raw.
+        const { frame, flags, codec: codecId, encLen, compression: c } =
+          await deltas?.encode(seq, chunk, pick) ??
+            await encoder.encode(chunk.frame, chunk.length, pick);
         if (c) policy?.observe(c, c.inBytes, c.outBytes, c.elapsedMs, sampleRatio);
         encodeHeader({
           type: FrameType.Data,
@@ -357,10 +389,11 @@ export class OutgoingTransfer {
       }
     } finally {
       encoder.close();
+      deltas?.close();
     }
   }
 
-  async #readAcks(conn: Deno.TcpConn, stream: number, sched: StripeScheduler, wireLen: Map<number, number>) {
+  async #readAcks(conn: PeerConn, stream: number, sched: StripeScheduler, wireLen: Map<number, number>) {
     const head = new Uint8Array(FRAME_HEADER_BYTES);
     try {
       while (!sched.done && this.#failure === undefined && sched.isAlive(stream)) {
@@ -371,9 +404,11 @@ export class OutgoingTransfer {
           if (sched.ack(stream, h.seq)) {
             this.#progress.chunkDone(stream, h.rawLen, wireLen.get(h.seq) ?? 0);
             this.#source.release(h.seq);
+            this.#delta?.acked(h.seq, h.rawLen);
           }
         } else if (h.type === FrameType.Nack) {
           this.#progress.retransmits++;
+          this.#delta?.nacked(h.seq);
           sched.nack(stream, h.seq);
         }
         wireLen.delete(h.seq);

@@ -21,6 +21,7 @@ function snap(over: Partial<TransferSnapshot> = {}): TransferSnapshot {
     ratio: 2,
     bytesPerSec: 4e6,
     averageBytesPerSec: 2e6,
+    eta: { ms: (24 * MiB * 1000) / 4e6, basis: "current" },
     percent: 25,
     codec: "zstd",
     chunkBytes: MiB,
@@ -56,10 +57,10 @@ Deno.test("formatRate uses decimal MB/s; formatDuration scales its unit", () => 
   assert.equal(formatDuration(3_720_000), "1h02m");
 });
 
-Deno.test("formatEta: time left at the current rate, unknown without a rate", () => {
-  assert.equal(formatEta(snap({ sizeBytes: 100e6, bytesDone: 40e6, bytesPerSec: 1e6 })), "1:00");
-  assert.equal(formatEta(snap({ sizeBytes: 4000e6, bytesDone: 0, bytesPerSec: 1e6 })), "1:06:40");
-  assert.equal(formatEta(snap({ bytesPerSec: 0 })), "--:--");
+Deno.test("formatEta: the agent's time left, unknown without one", () => {
+  assert.equal(formatEta(snap({ eta: { ms: 60_000, basis: "current" } })), "1:00");
+  assert.equal(formatEta(snap({ eta: { ms: 4_000_000, basis: "forecast", predictor: "last" } })), "1:06:40");
+  assert.equal(formatEta(snap({ eta: undefined })), "--:--");
 });
 
 Deno.test("progressLine: bar, percent, bytes, rate, ETA, streams; the state when not running", () => {

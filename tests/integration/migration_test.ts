@@ -5,7 +5,9 @@
  */
 import assert from "node:assert/strict";
 import { dirname, join } from "node:path";
-import { startAgent, type TestAgent } from "../support/agents.ts";
+import { startAgent, TEST_SECRET, type TestAgent } from "../support/agents.ts";
+import { serverHandshake } from "../../src/transport/handshake.ts";
+import { receiveMessage, sendMessage } from "../../src/transport/wire.ts";
 import { guestImage } from "../support/guest_image.ts";
 import { HeartbeatMonitor } from "../support/heartbeat.ts";
 
@@ -88,6 +90,32 @@ async function untilVms(agent: TestAgent, expected: [string, string][]): Promise
     if (JSON.stringify(now) === JSON.stringify(expected)) return;
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/**
+ * A data port that speaks the migration exchange as an agent from before postcopy did: it prepares a sink
+ * but says nothing of postcopy. Resolves with the messages it received once the source hangs up.
+ */
+function agentWithoutPostcopy(): { address: string; received: Promise<string[]> } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const received = (async () => {
+    const conn = await listener.accept();
+    listener.close();
+    const types: string[] = [];
+    try {
+      await serverHandshake(conn, TEST_SECRET, {
+        agentId: "old",
+        capabilities: { codecs: ["none"], rdma: false },
+      });
+      types.push((await receiveMessage(conn)).type);
+      await sendMessage(conn, { type: "prepared", sink: "migration-old" });
+      while (true) types.push((await receiveMessage(conn)).type);
+    } catch {
+      conn.close();
+    }
+    return types;
+  })();
+  return { address: `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`, received };
 }
 
 function serialOf(agent: TestAgent, vm: string): string {
@@ -206,6 +234,116 @@ Deno.test({
   });
 });
 
+Deno.test({
+  name: "postcopy: a guest dirtying memory faster than a capped link completes by postcopy, the same boot",
+  ...opts,
+}, async () => {
+  await withAgents(async ({ a, b, image }) => {
+    // 24 MiB re-dirtied at 64 MiB/s against a 16 MiB/s cap: every pass leaves more than the downtime limit
+    // allows, and with vCPU throttling off precopy cannot converge, so postcopy has to finish the job.
+    const vm = await startGuest(a, image, "g6", "console=ttyS0 quiet dwcp.mem_mib=24 dwcp.dirty_mibps=64");
+    const hb = await HeartbeatMonitor.follow(vm.serialSocket);
+    try {
+      await hb.waitForReady();
+      const switching = hb.switchTo(serialOf(b, "g6"));
+      const res = await migrate(a, {
+        vm: "g6",
+        peer: b.dataAddr,
+        postcopy: true,
+        autoConverge: false,
+        maxBytesPerSec: 16 * 1024 * 1024,
+      });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      assert.equal(res.body.postcopy, true);
+      const done = await until(a, res.body.id, ended);
+      assert.equal(done.phase, "completed", JSON.stringify(done.error ?? done.events));
+      assert.ok(done.events.some((e) => e.phase === "postcopy"), JSON.stringify(done.events));
+      assert.match(done.events.at(-1)!.message, /postcopy done/);
+      // The destination's page requests reached the source QEMU: the return path carried them.
+      assert.ok((done.postcopyRequests as number) > 0, JSON.stringify(done));
+      await switching;
+      await untilVms(a, []);
+      await untilVms(b, [["g6", "running"]]);
+      await hb.waitForCounter(hb.lastCounter + 20);
+      assert.equal(hb.wentBackwards, false, hb.summary());
+      assert.equal(hb.bootIdChanged, false, hb.summary());
+      assert.equal(hb.switches.length, 1, hb.summary());
+    } finally {
+      await hb.close();
+    }
+  });
+});
+
+Deno.test({
+  name:
+    "postcopy: the destination dies once postcopy started: a fatal failure, and the source is not resumed",
+  ...opts,
+}, async () => {
+  await withAgents(async ({ a, b, image }) => {
+    const vm = await startGuest(a, image, "g8", "console=ttyS0 quiet dwcp.mem_mib=8 dwcp.dirty_mibps=64");
+    const hb = await HeartbeatMonitor.follow(vm.serialSocket);
+    try {
+      await hb.waitForReady();
+      // The cap holds for the postcopy phase too, so it lasts long enough to kill the destination in it.
+      const res = await migrate(a, {
+        vm: "g8",
+        peer: b.dataAddr,
+        postcopy: true,
+        autoConverge: false,
+        maxBytesPerSec: 4 * 1024 * 1024,
+      });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      // Page requests mean the guest already runs on the destination: postcopy really is under way.
+      const inPostcopy = await until(
+        a,
+        res.body.id,
+        (m) => (m.phase === "postcopy" && (m.postcopyRequests as number) > 0) || ended(m),
+      );
+      assert.equal(inPostcopy.phase, "postcopy", JSON.stringify(inPostcopy.events));
+      await b.kill();
+      const done = await until(a, res.body.id, ended);
+      assert.equal(done.phase, "failed", JSON.stringify(done.events));
+      assert.match(done.error!.message, /the guest is lost/);
+      assert.match(done.error!.message, /the source is not resumed/);
+      const [source] = (await a.json<{ vms: (Vm & { qemuStatus: string })[] }>("/v1/vms")).body.vms;
+      assert.notEqual(source.qemuStatus, "running", JSON.stringify(source));
+    } finally {
+      await hb.close();
+    }
+  });
+});
+
+Deno.test(
+  { name: "multifd: two QEMU channels over their own transfers, the same boot", ...opts },
+  async () => {
+    await withAgents(async ({ a, b, image }) => {
+      const vm = await startGuest(a, image, "g7", "console=ttyS0 quiet dwcp.mem_mib=96 dwcp.dirty_mibps=2");
+      const hb = await HeartbeatMonitor.follow(vm.serialSocket);
+      try {
+        await hb.waitForReady();
+        const switching = hb.switchTo(serialOf(b, "g7"));
+        const res = await migrate(a, { vm: "g7", peer: b.dataAddr, multifdChannels: 2, streams: 3 });
+        assert.equal(res.status, 201, JSON.stringify(res.body));
+        assert.equal(res.body.multifdChannels, 2);
+        const done = await until(a, res.body.id, ended);
+        assert.equal(done.phase, "completed", JSON.stringify(done.error ?? done.events));
+        assert.ok(done.bytesSent > 96 * 1024 * 1024, `the guest's memory crossed (${done.bytesSent} bytes)`);
+        // The pages went over the multifd channels' transfers, not the main channel's.
+        const main = (done.transfer as { bytesDone: number }).bytesDone;
+        assert.ok(main < done.bytesSent / 2, `main channel ${main} of ${done.bytesSent} bytes`);
+        await switching;
+        await untilVms(a, []);
+        await untilVms(b, [["g7", "running"]]);
+        await hb.waitForCounter(hb.lastCounter + 20);
+        assert.equal(hb.wentBackwards, false, hb.summary());
+        assert.equal(hb.bootIdChanged, false, hb.summary());
+      } finally {
+        await hb.close();
+      }
+    });
+  },
+);
+
 Deno.test({ name: "bad migration requests get clear 4xx/5xx answers", ...opts }, async () => {
   await withAgents(async ({ a, b, image }) => {
     await startGuest(a, image, "g5", "console=ttyS0 quiet dwcp.mem_mib=32");
@@ -216,7 +354,9 @@ Deno.test({ name: "bad migration requests get clear 4xx/5xx answers", ...opts },
       [{ vm: "nope", peer: b.dataAddr }, 404, "vm_not_found"],
       [{ vm: "g5", peer: downPeer }, 502, "peer_unreachable"],
       [{ vm: "g5", peer: "nobody" }, 400, "unknown_peer"],
-      [{ vm: "g5", peer: b.dataAddr, postcopy: true }, 400, "invalid_request"],
+      [{ vm: "g5", peer: b.dataAddr, postcopy: true, multifdChannels: 2 }, 400, "invalid_request"],
+      [{ vm: "g5", peer: b.dataAddr, multifdChannels: 99 }, 400, "invalid_request"],
+      [{ vm: "g5", peer: b.dataAddr, postcopy: "yes" }, 400, "invalid_request"],
       [{ vm: "g5", peer: b.dataAddr, streams: 0 }, 400, "invalid_request"],
     ];
     for (const [body, status, code] of cases) {
@@ -227,6 +367,16 @@ Deno.test({ name: "bad migration requests get clear 4xx/5xx answers", ...opts },
       assert.equal(res.status, status, JSON.stringify(res.body));
       assert.equal(res.body.error.code, code);
     }
+    const old = agentWithoutPostcopy();
+    const refused = await a.json<{ error: { code: string; message: string } }>("/v1/migrations", {
+      method: "POST",
+      body: JSON.stringify({ vm: "g5", peer: old.address, postcopy: true }),
+    });
+    assert.equal(refused.status, 409, JSON.stringify(refused.body));
+    assert.equal(refused.body.error.code, "peer_cannot_postcopy");
+    assert.match(refused.body.error.message, /migrate without postcopy/);
+    // The half-prepared destination is told to stop its incoming VM.
+    assert.deepEqual(await old.received, ["migrate-prepare", "abort"]);
     const first = await migrate(a, { vm: "g5", peer: b.dataAddr, maxBytesPerSec: 4 * 1024 * 1024 });
     assert.equal(first.status, 201, JSON.stringify(first.body));
     const second = await a.json<{ error: { code: string } }>("/v1/migrations", {

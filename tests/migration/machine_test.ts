@@ -27,6 +27,8 @@ const started: MigrationEvent = { type: "sourceStarted" };
 const running: MigrationEvent = { type: "destinationRunning" };
 const aborted: MigrationEvent = { type: "destinationAborted" };
 const cancel: MigrationEvent = { type: "cancel" };
+const postcopyStarted: MigrationEvent = { type: "postcopyStarted" };
+const destCompleted: MigrationEvent = { type: "destinationCompleted" };
 const tick: MigrationEvent = { type: "tick" };
 
 /** What query-migrate on the source said. */
@@ -69,8 +71,8 @@ class Machine {
   state: MigrationState;
   readonly actions: { atMs: number; action: MigrationAction }[] = [];
 
-  constructor(readonly policy: MigrationPolicy = DEFAULT_POLICY, startMs = 0) {
-    this.state = initialState(startMs);
+  constructor(readonly policy: MigrationPolicy = DEFAULT_POLICY, startMs = 0, postcopyAllowed = false) {
+    this.state = initialState(startMs, { postcopyAllowed });
   }
 
   feed(atMs: number, ev: MigrationEvent): MigrationAction[] {
@@ -115,8 +117,8 @@ function play(m: Machine, lines: Line[]): Played {
 }
 
 /** The common opening: the destination is prepared and the source is sending, at t=30. */
-function inPrecopy(policy: MigrationPolicy = DEFAULT_POLICY): Machine {
-  const m = new Machine(policy);
+function inPrecopy(policy: MigrationPolicy = DEFAULT_POLICY, postcopyAllowed = false): Machine {
+  const m = new Machine(policy, 0, postcopyAllowed);
   play(m, [
     [0, start, "prepare", ["prepareDestination"]],
     [10, prepared, "prepare", ["startSource"]],
@@ -361,6 +363,7 @@ Deno.test("source QEMU status 'cancelled' in switchover (before completion): rol
 
 const SMALL: MigrationPolicy = {
   autoConvergeAfterPasses: 3,
+  postcopyAfterPasses: 5,
   abortAfterPasses: 6,
   maxPrecopyMs: 5_000,
   prepareTimeoutMs: 1_000,
@@ -395,6 +398,130 @@ Deno.test("non-convergence: at abortAfterPasses the migration rolls back with co
   assert.equal(state.failure?.code, "not_converging");
   assert.match(state.failure!.message, /after 6 passes \(6000 bytes remaining\)/);
   assert.equal(m.count("enableAutoConverge"), 1);
+});
+
+// ── Postcopy ─────────────────────────────────────────────────────────────────────────────────────────
+
+/** Precopy with postcopy allowed, auto-converge on at t=300 and postcopy asked for at t=500. */
+function postcopyAsked(): Machine {
+  const m = inPrecopy(SMALL, true);
+  play(m, [
+    [300, progress("active", 3), "precopy", ["enableAutoConverge", "report:precopy"]],
+    [500, progress("active", 5, 9_000), "precopy", ["startPostcopy", "report:precopy"]],
+  ]);
+  return m;
+}
+
+Deno.test("postcopy: auto-converge first, then postcopy at postcopyAfterPasses instead of the abort", () => {
+  const m = postcopyAsked();
+  const { state } = play(m, [
+    [550, progress("active", 6, 9_000), "precopy", []], // abortAfterPasses: postcopy is under way instead
+    [560, postcopyStarted, "postcopy", ["report:postcopy"]],
+    [600, progress("postcopy-active", 6), "postcopy", []],
+    [620, running, "postcopy", []], // the guest runs there, but the source still holds pages
+    [900, progress("completed", 6), "postcopy", []],
+    [950, destCompleted, "completed", ["quitSource", "finishDestination", "report:completed"]],
+  ]);
+  assert.equal(state.failure, undefined);
+  assert.equal(m.count("startPostcopy"), 1);
+  assert.match(m.reports()[2], /not converged after 5 passes.*switching to postcopy/);
+  assert.match(m.reports()[3], /a failure cannot be rolled back and is fatal for the guest/);
+});
+
+Deno.test("postcopy: QEMU reporting postcopy-active is as good as the answer to migrate-start-postcopy", () => {
+  const m = postcopyAsked();
+  play(m, [
+    [600, progress("postcopy-active", 6), "postcopy", ["report:postcopy"]],
+    [610, postcopyStarted, "postcopy", []],
+    [700, destCompleted, "postcopy", []], // not running yet: the source is not quit
+    [720, running, "completed", ["quitSource", "finishDestination", "report:completed"]],
+  ]);
+});
+
+Deno.test("postcopy: without permission the machine aborts at abortAfterPasses and says postcopy would help", () => {
+  const m = inPrecopy(SMALL);
+  const { state } = play(m, [
+    [300, progress("active", 3), "precopy", ["enableAutoConverge", "report:precopy"]],
+    [500, progress("active", 5), "precopy", []],
+    [600, progress("active", 6, 100), "rollback", ["report:rollback", "cancelSource", "abortDestination"]],
+  ]);
+  assert.equal(m.count("startPostcopy"), 0);
+  assert.match(state.failure!.message, /or allow postcopy/);
+});
+
+Deno.test("postcopy: migrate-start-postcopy refused by QEMU rolls back like any precopy failure", () => {
+  const m = postcopyAsked();
+  play(m, [
+    [510, failure("migration_failed"), "rollback", ["report:rollback", "cancelSource", "abortDestination"]],
+    [600, aborted, "failed", ["resumeSource", "report:failed"]],
+  ]);
+});
+
+Deno.test("postcopy: once QEMU pauses a running postcopy, a failure is fatal: nothing is undone", () => {
+  const m = postcopyAsked();
+  const { state } = play(m, [
+    [560, postcopyStarted, "postcopy", ["report:postcopy"]],
+    [600, cancel, "postcopy", []], // too late to cancel
+    [700, failure("destination_lost"), "postcopy", ["closeSourceChannel", "report:postcopy"]], // QEMU has not told yet
+    [720, failure("transfer_failed"), "postcopy", []],
+    [750, progress("postcopy-paused", 6), "failed", ["report:failed"]],
+    [800, aborted, "failed", []],
+  ]);
+  assert.equal(state.failure?.code, "destination_lost");
+  assert.match(state.failure!.message, /the guest is lost/);
+  assert.match(state.failure!.message, /the source is not resumed/);
+  assert.match(m.reports().at(-2)!, /waiting for the source QEMU to tell whether postcopy had started/);
+});
+
+Deno.test("postcopy: QEMU pausing by itself, or a failure after the source sent everything, is fatal at once", () => {
+  for (
+    const lines of [
+      [[700, progress("postcopy-paused", 6), "failed", ["report:failed"]]],
+      [
+        [700, progress("completed", 6), "postcopy", []],
+        [750, failure("destination_lost"), "failed", ["report:failed"]],
+      ],
+    ] as Line[][]
+  ) {
+    const m = postcopyAsked();
+    const { state } = play(m, [[560, postcopyStarted, "postcopy", ["report:postcopy"]], ...lines]);
+    assert.match(state.failure!.message, /the guest is lost/);
+  }
+});
+
+Deno.test("postcopy: QEMU failing the switch itself means postcopy never started: a rollback", () => {
+  const m = postcopyAsked();
+  const { state } = play(m, [
+    [560, postcopyStarted, "postcopy", ["report:postcopy"]],
+    [700, failure("destination_lost"), "postcopy", ["closeSourceChannel", "report:postcopy"]],
+    [750, progress("failed", 6), "rollback", ["report:rollback", "cancelSource", "abortDestination"]],
+    [800, failure("destination_lost"), "failed", ["resumeSource", "report:failed"]],
+  ]);
+  assert.equal(state.failure?.code, "destination_lost");
+  assert.match(state.failure!.message, /postcopy had not started.*the guest runs on the source/);
+});
+
+Deno.test("postcopy: a failure QEMU never rules on is fatal after switchoverTimeoutMs", () => {
+  const m = postcopyAsked();
+  const { state } = play(m, [
+    [560, postcopyStarted, "postcopy", ["report:postcopy"]],
+    [700, failure("destination_lost"), "postcopy", ["closeSourceChannel", "report:postcopy"]],
+    [2_700, tick, "postcopy", []],
+    [2_701, tick, "failed", ["report:failed"]],
+  ]);
+  assert.match(state.failure!.message, /did not tell within 2000 ms.*the guest is lost/);
+});
+
+Deno.test("postcopy: maxPrecopyMs starts postcopy where allowed; a postcopy past it again is fatal", () => {
+  const m = inPrecopy(SMALL, true);
+  const { state } = play(m, [
+    [5_031, tick, "precopy", ["startPostcopy", "report:precopy"]],
+    [5_040, tick, "precopy", []],
+    [5_050, postcopyStarted, "postcopy", ["report:postcopy"]],
+    [10_050, tick, "postcopy", []],
+    [10_051, tick, "failed", ["report:failed"]],
+  ]);
+  assert.equal(state.failure?.code, "postcopy_timeout");
 });
 
 Deno.test("non-convergence: passes are not counted outside precopy", () => {
@@ -562,6 +689,9 @@ const STATUSES = [
   "cancelled",
 ];
 
+/** With postcopy allowed, QEMU's postcopy statuses and the destination's completion join the mix. */
+const POSTCOPY_STATUSES = [...STATUSES, "postcopy-active", "postcopy-paused"];
+
 /** One fuzz step as recorded: what was fed, the state before and after, and what came out. */
 interface FuzzStep {
   atMs: number;
@@ -571,17 +701,19 @@ interface FuzzStep {
   actions: MigrationAction[];
 }
 
-function randomEvent(rand: () => number, passes: number): MigrationEvent {
+function randomEvent(rand: () => number, passes: number, postcopy: boolean): MigrationEvent {
   const r = rand();
-  if (r < 0.35) return progress(pick(rand, STATUSES), passes, randInt(rand, 0, 1 << 20));
+  const statuses = postcopy ? POSTCOPY_STATUSES : STATUSES;
+  if (r < 0.35) return progress(pick(rand, statuses), passes, randInt(rand, 0, 1 << 20));
   if (r < 0.5) return tick;
-  return pick(rand, [start, prepared, started, running, aborted, cancel, failure("random_failure")]);
+  const events = [start, prepared, started, running, aborted, cancel, failure("random_failure")];
+  return pick(rand, postcopy ? [...events, postcopyStarted, destCompleted] : events);
 }
 
 /** A random run: mostly the usual opening, then random events at increasing times, some far apart. */
-function fuzzRun(seed: number): FuzzStep[] {
+function fuzzRun(seed: number, postcopy = false): FuzzStep[] {
   const rand = mulberry32(seed);
-  let state = initialState(0);
+  let state = initialState(0, { postcopyAllowed: postcopy });
   let nowMs = 0;
   let passes = 0;
   const opening = rand() < 0.7 ? [start, prepared, started] : [];
@@ -590,7 +722,7 @@ function fuzzRun(seed: number): FuzzStep[] {
   for (let i = 0; i < count; i++) {
     nowMs += rand() < 0.15 ? randInt(rand, 500, 6_000) : randInt(rand, 0, 200);
     if (rand() < 0.3) passes += 1;
-    const event = i < opening.length ? opening[i] : randomEvent(rand, passes);
+    const event = i < opening.length ? opening[i] : randomEvent(rand, passes, postcopy);
     const { state: after, actions } = step(state, event, nowMs, SMALL);
     steps.push({ atMs: nowMs, event, before: state, after, actions });
     state = after;
@@ -607,11 +739,15 @@ function transcript(steps: FuzzStep[]): string {
 }
 
 /** Checks `violation` on every run; fails with the shortest failing transcript, cut at the violation. */
-function checkAll(what: string, violation: (steps: FuzzStep[]) => number | undefined): void {
+function checkAll(
+  what: string,
+  violation: (steps: FuzzStep[]) => number | undefined,
+  postcopy = false,
+): void {
   let worst: { seed: number; steps: FuzzStep[] } | undefined;
   let failures = 0;
   for (const seed of SEEDS) {
-    const steps = fuzzRun(seed);
+    const steps = fuzzRun(seed, postcopy);
     const at = violation(steps);
     if (at === undefined) continue;
     failures++;
@@ -691,4 +827,59 @@ Deno.test("fuzz: a terminal phase is reached only with exactly one final report,
     }
     return undefined;
   });
+});
+
+// ── Seeded fuzz with postcopy allowed ────────────────────────────────────────────────────────────────
+
+Deno.test("fuzz postcopy: the runs reach postcopy, and complete and fail from it", () => {
+  const seen = new Set<string>();
+  for (const seed of SEEDS) {
+    for (const s of fuzzRun(seed, true)) {
+      if (s.before.phase === "postcopy") seen.add(`postcopy→${s.after.phase}`);
+    }
+  }
+  for (const edge of ["postcopy→postcopy", "postcopy→completed", "postcopy→failed", "postcopy→rollback"]) {
+    assert.ok(seen.has(edge), `no run took ${edge}`);
+  }
+});
+
+Deno.test("fuzz postcopy: from postcopy, only QEMU failing the switch leads to a rollback; never after it paused or completed", () => {
+  checkAll("a rollback from postcopy without QEMU's 'failed', or after postcopy really ran", (steps) => {
+    let ran = false; // QEMU paused a running postcopy, or sent everything
+    for (const [i, s] of steps.entries()) {
+      const status = s.event.type === "sourceProgress" ? s.event.progress.status : undefined;
+      if (s.before.phase === "postcopy" && s.after.phase === "rollback") {
+        if (ran || (status !== "failed" && status !== "cancelled")) return i;
+      }
+      if (s.before.phase === "postcopy" && (status === "postcopy-paused" || status === "completed")) {
+        ran = true;
+      }
+      const undo = s.actions.some((a) =>
+        a.type === "resumeSource" || a.type === "abortDestination" || a.type === "cancelSource"
+      );
+      if (ran && undo) return i;
+    }
+    return undefined;
+  }, true);
+});
+
+Deno.test("fuzz postcopy: the source is quit only once the destination runs the guest and holds every page", () => {
+  checkAll("quitSource under postcopy before the destination had it all", (steps) => {
+    const i = steps.findIndex((s) =>
+      s.actions.some((a) => a.type === "quitSource") && s.before.phase === "postcopy" &&
+      !(s.after.destinationRunning && s.after.destinationCompleted)
+    );
+    return i < 0 ? undefined : i;
+  }, true);
+});
+
+Deno.test("fuzz postcopy: each of quitSource / resumeSource at most once, never both", () => {
+  checkAll("the source was both quit and resumed, or one of them twice", (steps) => {
+    let n = 0;
+    for (const [i, s] of steps.entries()) {
+      n += s.actions.filter((a) => a.type === "quitSource" || a.type === "resumeSource").length;
+      if (n > 1) return i;
+    }
+    return undefined;
+  }, true);
 });

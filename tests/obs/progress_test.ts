@@ -184,3 +184,22 @@ Deno.test("setting a state after the end notifies no one", () => {
   p.setState("failed", { code: "x", message: "y" });
   assert.equal(seen.length, 0);
 });
+
+Deno.test("ETA: bytes left at the current rate, or at the forecast rate scaled by the ratio so far", () => {
+  const { p, clock } = progress({ sizeBytes: 8 * MiB });
+  assert.equal(p.snapshot().eta, undefined, "not running yet");
+  p.setState("running");
+  assert.equal(p.snapshot().eta, undefined, "no rate yet");
+  clock.ms += 1000;
+  p.chunkDone(0, 2 * MiB, MiB); // 2 MiB raw in 1 s, compressed 2:1
+  clock.ms += 1000;
+  p.chunkDone(1, 2 * MiB, MiB);
+  const current = p.snapshot().eta!;
+  assert.equal(current.basis, "current");
+  assert.equal(Math.round(current.ms), Math.round((4 * MiB * 1000) / p.snapshot().bytesPerSec));
+  // The link is forecast to carry 1 MiB/s of wire bytes: 2 MiB/s of raw bytes at this ratio.
+  p.forecast = () => ({ bytesPerSec: MiB, predictor: "ewma(0.3)" });
+  assert.deepEqual(p.snapshot().eta, { ms: 2000, basis: "forecast", predictor: "ewma(0.3)" });
+  p.setState("completed");
+  assert.equal(p.snapshot().eta, undefined, "done");
+});

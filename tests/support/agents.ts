@@ -18,6 +18,8 @@ export interface AgentOptions {
   /** Transfer settings layered over the defaults through a config file. */
   transfer?: Record<string, unknown>;
   peers?: Record<string, string>;
+  /** The config file's "tls" section: mode, cert, key, ca, peers. */
+  tls?: Record<string, unknown>;
   env?: Record<string, string>;
 }
 
@@ -105,7 +107,7 @@ export async function startAgent(opts: AgentOptions): Promise<TestAgent> {
   const config = `${stateDir}/config.json`;
   await Deno.writeTextFile(
     config,
-    JSON.stringify({ transfer: opts.transfer ?? {}, peers: opts.peers ?? {} }),
+    JSON.stringify({ transfer: opts.transfer ?? {}, peers: opts.peers ?? {}, tls: opts.tls ?? {} }),
   );
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-all", MAIN, "agent", "--config", config, "--id", opts.id, "--api", "127.0.0.1:0"]

@@ -1,0 +1,77 @@
+/**
+ * The kernel's TCP_INFO for a connection Deno opened. Deno gives out no socket descriptors, so the shim
+ * asks the kernel by the connection's addresses over NETLINK_SOCK_DIAG, as `ss -ti` does.
+ */
+import { check, native } from "./library.ts";
+
+/** The shim's DWCP_ENOTFOUND: no open socket has those addresses (it closed, or is in TIME_WAIT). */
+const ENOTFOUND = -7;
+
+/**
+ * What the kernel reports for one TCP socket. Counters are cumulative over the socket's life. A field is
+ * absent when this kernel's struct tcp_info predates it.
+ */
+export interface TcpInfo {
+  /** The kernel's TCP state (1 = established; see include/net/tcp_states.h). */
+  state: number;
+  /** Congestion control in use ("cubic", "bbr", ...), when the kernel reports it. */
+  congestion?: string;
+  /** Smoothed round-trip time and its mean deviation. */
+  rttUs?: number;
+  rttVarUs?: number;
+  /** Least round-trip time the socket has seen (over net.ipv4.tcp_min_rtt_wlen, 5 minutes by default). */
+  minRttUs?: number;
+  sndCwndSegments?: number;
+  sndMssBytes?: number;
+  /** Retransmissions of the segment now timing out (0 when none is outstanding). */
+  retransmitsNow?: number;
+  totalRetransSegments?: number;
+  /** Segments now presumed lost (a current count, not a total). */
+  lostSegments?: number;
+  segsOut?: number;
+  deliveredSegments?: number;
+  deliveryRateBytesPerSec?: number;
+  pacingRateBytesPerSec?: number;
+  bytesSent?: number;
+  bytesAcked?: number;
+  bytesRetrans?: number;
+  /** Retransmitted segments the receiver reported as duplicates (D-SACK): spurious, not lost. */
+  dsackDups?: number;
+}
+
+/** Where a connection's two ends are; Deno.Conn's localAddr and remoteAddr as they are. */
+export interface TcpEndpoints {
+  localAddr: Deno.Addr;
+  remoteAddr: Deno.Addr;
+}
+
+const out = new Uint8Array(1024);
+const utf8 = new TextDecoder();
+const cString = (text: string) => new TextEncoder().encode(text + "\0");
+
+function netAddr(addr: Deno.Addr, which: string): Deno.NetAddr {
+  if (addr.transport !== "tcp") {
+    throw new TypeError(`${which} is a ${addr.transport} address; TCP_INFO exists only for TCP connections`);
+  }
+  return addr;
+}
+
+/**
+ * TCP_INFO of the connection with these endpoints, read now; undefined once the connection has closed.
+ * Throws a ShimError when the kernel cannot be asked (no sock_diag support) or an address is malformed.
+ */
+export function tcpInfo(conn: TcpEndpoints): TcpInfo | undefined {
+  const local = netAddr(conn.localAddr, "localAddr");
+  const remote = netAddr(conn.remoteAddr, "remoteAddr");
+  const n = native().dwcp_tcp_info(
+    cString(local.hostname),
+    local.port,
+    cString(remote.hostname),
+    remote.port,
+    out,
+    out.length,
+  );
+  if (n === ENOTFOUND) return undefined;
+  check(n, `TCP_INFO of ${local.hostname}:${local.port} → ${remote.hostname}:${remote.port}`);
+  return JSON.parse(utf8.decode(out.subarray(0, n)));
+}
