@@ -83,8 +83,9 @@ export class TransferService {
     const streams = req.streams ?? mode?.streams.count ?? t.streams;
     const codec = req.codec ?? (mode && mode.mode !== "datacenter" ? "auto" : t.codec);
     const codecBias = req.codecBias ?? mode?.codecBias ?? "datacenter";
-    const chunkBytes = req.chunkBytes ??
-      (codec === "auto" ? CODEC_BIAS[codecBias].chunkBytes : mode?.chunkBytes ?? t.chunkBytes);
+    // The mode's chunk fits its stream count into a memory budget; without a mode, the bias's own.
+    const chunkBytes = req.chunkBytes ?? mode?.chunkBytes ??
+      (codec === "auto" ? CODEC_BIAS[codecBias].chunkBytes : t.chunkBytes);
     const progress = new TransferProgress({
       id,
       direction: "send",

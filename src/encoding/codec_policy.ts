@@ -49,10 +49,12 @@ const MiB = 1024 * 1024;
  * 1.5x raw ran at 0.82x of raw on VM memory and 0.91x on text. Links slower than the compressors have
  * longer round trips, and the mode policy (src/mode/) makes them hybrid or internet.
  * internet: the link is the bottleneck, so spend CPU for ratio. Chunks are compressed independently, so
- * a chunk is all the context a codec gets: on a 1 GiB guest's memory (half zero pages) zstd saved
- * 83.2 % at level 3 with 4 MiB chunks, 84.6 % at 3 with 8 MiB, 86.0 % at 6 with 8 MiB (404 MB/s on one
- * core), against 85.1 % for the `zstd -3` CLI on the whole file. zstd 9 is left out: it ran 7x slower
- * than 6 for well under a point more.
+ * a chunk is all the context a codec gets. On a 1 GiB guest's memory (40 % zero pages), two chunks at a
+ * time on this 2-core machine, zstd saved 84.8 % at level 4 with 8 MiB chunks (845 MB/s), 85.6 % at 5
+ * with 8 MiB (520-650 MB/s), 86.2 % at 5 with 16 MiB (780 MB/s), 86.0 % at 6 with 8 MiB (494 MB/s);
+ * the `zstd -3` CLI on the whole file saved 85.1 % at 550-640 MB/s. Hence zstd 5 on 16 MiB chunks at
+ * the top; the mode policy shrinks the chunk where many streams would hold too much memory. Higher
+ * levels cost far more time than they save (zstd 9: 7x slower than 6 for well under a point).
  */
 export const CODEC_BIAS: Record<CodecBias, BiasSettings> = {
   datacenter: { candidates: [], chunkBytes: 4 * MiB },
@@ -61,9 +63,9 @@ export const CODEC_BIAS: Record<CodecBias, BiasSettings> = {
       { codec: "lz4" },
       { codec: "zstd", level: 1 },
       { codec: "zstd", level: 3 },
-      { codec: "zstd", level: 6 },
+      { codec: "zstd", level: 5 },
     ],
-    chunkBytes: 8 * MiB,
+    chunkBytes: 16 * MiB,
   },
 };
 
@@ -96,7 +98,7 @@ const PRIORS: Record<string, { bytesPerSec: number; savingsToLz4: number }> = {
   zstd: { bytesPerSec: 340e6, savingsToLz4: 1.13 },
   "zstd:1": { bytesPerSec: 560e6, savingsToLz4: 1.08 },
   "zstd:3": { bytesPerSec: 340e6, savingsToLz4: 1.13 },
-  "zstd:6": { bytesPerSec: 360e6, savingsToLz4: 1.17 },
+  "zstd:5": { bytesPerSec: 400e6, savingsToLz4: 1.16 },
 };
 /** Samples that saved less than this say nothing about a codec's relative savings. */
 const MIN_SAMPLE_SAVINGS = 0.02;
@@ -106,8 +108,9 @@ const SWITCH_GAIN = 1.05;
 /** Weight of a new measurement in the running averages. */
 const ALPHA = 0.2;
 /**
- * Every this many chunks that are worth compressing, one goes to the next candidate in turn: a codec is
- * measured only when used, and without these probes an early unlucky estimate would never be revised.
+ * Every this many chunks that are worth compressing, one goes to the next more thorough candidate in
+ * turn: a codec is measured only when used, and without these probes an early unlucky estimate of its
+ * speed would never be revised. Faster candidates are not probed: by the order they cannot save more.
  */
 const PROBE_EVERY = 16;
 
@@ -138,7 +141,7 @@ export class CodecPolicy {
     // Candidates run from fast to thorough, and a more thorough one saves at least what the ones
     // before it save. Each codec's savings are learned on the chunks it happened to get (a probe may
     // land on poor data), so that order caps every estimate at the one before it; and the sample
-    // underrates thorough codecs (16 KiB of lz4 cannot see what zstd 6 finds in 8 MiB), so a more
+    // underrates thorough codecs (16 KiB of lz4 cannot see what zstd 5 finds in 16 MiB), so a more
     // thorough codec wins unless it promises clearly less: unless the CPU would be the limit.
     let ratioCap = 1;
     for (const spec of this.candidates) {
@@ -153,8 +156,13 @@ export class CodecPolicy {
     }
     if (best.expectedBytesPerSec < raw.expectedBytesPerSec * SWITCH_GAIN) best = raw;
     if (best.codec !== "none" && ++this.#compressible % PROBE_EVERY === 0) {
-      const probe = this.candidates[(this.#compressible / PROBE_EVERY) % this.candidates.length];
-      best = { ...probe, expectedBytesPerSec: best.expectedBytesPerSec };
+      const thorougher = this.candidates.slice(
+        this.candidates.findIndex((c) => specKey(c) === specKey(best)) + 1,
+      );
+      if (thorougher.length > 0) {
+        const probe = thorougher[(this.#compressible / PROBE_EVERY) % thorougher.length];
+        best = { ...probe, expectedBytesPerSec: best.expectedBytesPerSec };
+      }
     }
     this.#chosen.set(specKey(best), (this.#chosen.get(specKey(best)) ?? 0) + 1);
     this.#last = { ...best, ...inputs };

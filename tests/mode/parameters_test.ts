@@ -61,8 +61,8 @@ function table(h: HostFacts): string[] {
 Deno.test("the profiles' parameters where the streams run cubic: loss decides the stream count", () => {
   assert.deepEqual(table(host("cubic")), [
     "lan: datacenter, 4 streams (1 / 1), 1 MiB, datacenter, tls false, cubic, downtime 300 ms",
-    "metro: hybrid, 4 streams (1 / 1), 8 MiB, internet, tls false, bbr, downtime 344 ms",
-    "wan: internet, 13 streams (1 / 13), 8 MiB, internet, tls true, bbr, downtime 520 ms",
+    "metro: hybrid, 4 streams (1 / 1), 16 MiB, internet, tls false, bbr, downtime 344 ms",
+    "wan: internet, 13 streams (1 / 13), 16 MiB, internet, tls true, bbr, downtime 520 ms",
     "intercontinental: internet, 64 streams (1 / 80), 4 MiB, internet, tls true, bbr, downtime 940 ms",
     "cellular: internet, 38 streams (1 / 38), 4 MiB, internet, tls true, bbr, downtime 780 ms",
   ]);
@@ -71,10 +71,10 @@ Deno.test("the profiles' parameters where the streams run cubic: loss decides th
 Deno.test("the profiles' parameters where the streams run BBR: random loss does not hold a stream back", () => {
   assert.deepEqual(table(host("bbr")), [
     "lan: datacenter, 4 streams (1 / 1), 1 MiB, datacenter, tls false, cubic, downtime 300 ms",
-    "metro: hybrid, 4 streams (1 / 1), 8 MiB, internet, tls false, bbr, downtime 344 ms",
-    "wan: internet, 8 streams (1 / 1), 8 MiB, internet, tls true, bbr, downtime 520 ms",
-    "intercontinental: internet, 8 streams (1 / 1), 8 MiB, internet, tls true, bbr, downtime 940 ms",
-    "cellular: internet, 8 streams (1 / 1), 8 MiB, internet, tls true, bbr, downtime 780 ms",
+    "metro: hybrid, 4 streams (1 / 1), 16 MiB, internet, tls false, bbr, downtime 344 ms",
+    "wan: internet, 8 streams (1 / 1), 16 MiB, internet, tls true, bbr, downtime 520 ms",
+    "intercontinental: internet, 8 streams (1 / 1), 16 MiB, internet, tls true, bbr, downtime 940 ms",
+    "cellular: internet, 8 streams (1 / 1), 16 MiB, internet, tls true, bbr, downtime 780 ms",
   ]);
 });
 
