@@ -154,7 +154,7 @@ try {
         `${(auto / none).toFixed(2).padStart(10)} ${
           median(of("auto").map((x) => x.ratio)).toFixed(2).padStart(11)
         }  ` +
-        JSON.stringify(of("auto").at(-1)?.chosen),
+        (JSON.stringify(of("auto").at(-1)?.chosen) ?? "raw: no policy (the datacenter bias has no codecs)"),
     );
     console.log(
       `  datacenter mode never slower than none (${r.sample}): ${auto >= none ? "holds" : "MISSES"} ` +

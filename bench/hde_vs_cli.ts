@@ -379,7 +379,7 @@ function auto(label: string, bias: CodecBias, linkBytesPerSec: number, workers: 
   const settings = CODEC_BIAS[bias];
   const encoders = Array.from(
     { length: workers },
-    () => new ChunkEncoder(settings.chunkBytes, FRAME_HEADER_BYTES),
+    () => new ChunkEncoder(settings.chunkBytes ?? chunkBytes, FRAME_HEADER_BYTES),
   );
   const policy = new CodecPolicy(settings.candidates, workers);
   const picks: Record<string, AutoPick> = {};
@@ -619,7 +619,7 @@ const AUTO_INTERNET = "dwcp internet mode @ 100 Mbit/s";
 const modeText = (bias: CodecBias) => {
   const b = CODEC_BIAS[bias];
   const codecs = b.candidates.length ? b.candidates.map(specKey).join(", ") : "raw (zero pages only)";
-  return `${bias}: ${codecs}, ${b.chunkBytes / MiB} MiB chunks`;
+  return `${bias}: ${codecs}, ${b.chunkBytes ? `${b.chunkBytes / MiB} MiB` : `${chunkKiB} KiB`} chunks`;
 };
 const DELTA_LINE = "delta sizes: not measured — page delta encoding is not implemented in dwcp yet " +
   "(src/encoding has zero pages and codecs only), so there is nothing to report.";

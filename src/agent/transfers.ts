@@ -85,7 +85,7 @@ export class TransferService {
     const codecBias = req.codecBias ?? mode?.codecBias ?? "datacenter";
     // The mode's chunk fits its stream count into a memory budget; without a mode, the bias's own.
     const chunkBytes = req.chunkBytes ?? mode?.chunkBytes ??
-      (codec === "auto" ? CODEC_BIAS[codecBias].chunkBytes : t.chunkBytes);
+      (codec === "auto" ? CODEC_BIAS[codecBias].chunkBytes : undefined) ?? t.chunkBytes;
     const progress = new TransferProgress({
       id,
       direction: "send",

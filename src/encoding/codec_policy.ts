@@ -36,8 +36,8 @@ export const CODEC_BIASES: readonly CodecBias[] = ["datacenter", "internet"];
 export interface BiasSettings {
   /** What the policy may pick besides sending raw (none: zero pages only). */
   candidates: readonly CodecSpec[];
-  /** Chunk size for "auto" transfers unless one is asked for. */
-  chunkBytes: number;
+  /** Chunk size for "auto" transfers unless one is asked for; none: the configured chunk size. */
+  chunkBytes?: number;
 }
 
 const MiB = 1024 * 1024;
@@ -57,7 +57,7 @@ const MiB = 1024 * 1024;
  * levels cost far more time than they save (zstd 9: 7x slower than 6 for well under a point).
  */
 export const CODEC_BIAS: Record<CodecBias, BiasSettings> = {
-  datacenter: { candidates: [], chunkBytes: 4 * MiB },
+  datacenter: { candidates: [] },
   internet: {
     candidates: [
       { codec: "lz4" },

@@ -231,7 +231,8 @@ export function modeParameters(
   const running = m.congestion ?? host.defaultCongestionControl;
   // Datacenter keeps the configured chunk; elsewhere the codec bias's chunk (more context for the codec),
   // halved while the streams the link needs would hold more buffers than the budget.
-  let chunkBytes = mode === "datacenter" ? defaults.chunkBytes : CODEC_BIAS[profile.codecBias].chunkBytes;
+  let chunkBytes = (mode === "datacenter" ? undefined : CODEC_BIAS[profile.codecBias].chunkBytes) ??
+    defaults.chunkBytes;
   let streams = streamDerivation(profile, m, host, defaults, chunkBytes, running);
   const needed = (s: StreamDerivation) => Math.min(profile.maxStreams, Math.max(s.min, s.forBdp, s.forLoss));
   while (

@@ -5,7 +5,6 @@
  * acknowledgements come back on each stream, return credit and release the source's copy. The
  * transfer completes only when the receiver has committed.
  */
-import type { CodecName } from "../../ffi/codec.ts";
 import { ChunkEncoder } from "../encoding/chunk_codec.ts";
 import {
   CODEC_BIAS,
@@ -125,12 +124,14 @@ export class OutgoingTransfer {
     this.#delta = delta;
     if (delta) progress.delta = () => delta.status();
     if (opts.maxBytesPerSec) this.#bucket = new TokenBucket(opts.maxBytesPerSec, opts.chunkBytes, Date.now());
-    if (opts.codec === "auto") {
+    const { candidates } = CODEC_BIAS[opts.codecBias ?? "datacenter"];
+    // With nothing to choose from (the datacenter bias) "auto" is raw: no policy and no samples, the very
+    // path of codec "none".
+    if (opts.codec === "auto" && candidates.length > 0) {
       // Compressions run on FFI worker threads, at most one per stream, on the cores the transfer itself
       // (the main thread and the kernel's copies) leaves free: counting every core made "auto" compress
       // on loopback and run at 0.8x of "none" on 2 cores.
       const freeCores = Math.max(1, navigator.hardwareConcurrency - 1);
-      const { candidates } = CODEC_BIAS[opts.codecBias ?? "datacenter"];
       const policy = new CodecPolicy(candidates, Math.min(opts.streams, freeCores));
       this.#policy = policy;
       progress.encoding = () => policy.snapshot();
@@ -357,7 +358,7 @@ export class OutgoingTransfer {
         sampleRatio = encoder.sampleRatio(body);
         return policy.choose({ linkBytesPerSec: this.#linkEstimate(), sampleRatio });
       }
-      : () => codec as CodecName;
+      : () => (codec === "auto" ? "none" : codec);
     try {
       while (!stop() && !sched.done) {
         const seq = sched.next(stream);
