@@ -41,9 +41,40 @@ export type CodecPicker = (body: Uint8Array) => CodecName | CodecSpec;
 /** Bytes of a chunk that sampleRatio compresses to estimate the whole. */
 const SAMPLE_BYTES = 16 * 1024;
 
+/**
+ * A stream's codec contexts, made on first use and kept: by spec (codec and level) for compressing, by
+ * wire id for decompressing (any level decodes with the codec's default context).
+ */
+export class Codecs {
+  readonly #bySpec = new Map<string, Codec>();
+  readonly #byId = new Map<number, Codec>();
+
+  forSpec(spec: CodecSpec): Codec {
+    const key = specKey(spec);
+    let codec = this.#bySpec.get(key);
+    if (!codec) this.#bySpec.set(key, codec = new Codec(spec.codec, spec.level));
+    return codec;
+  }
+
+  /** Throws RangeError for an unknown id or "none" (a payload that claims a codec must have one). */
+  forId(id: number): Codec {
+    let codec = this.#byId.get(id);
+    if (!codec) {
+      const name = codecName(id);
+      if (!name || name === "none") throw new RangeError(`codec id ${id} is unknown`);
+      this.#byId.set(id, codec = new Codec(name));
+    }
+    return codec;
+  }
+
+  close(): void {
+    for (const c of [...this.#bySpec.values(), ...this.#byId.values()]) c.close();
+  }
+}
+
 /** One per stream: reuses its buffers and compression contexts from chunk to chunk. */
 export class ChunkEncoder {
-  readonly #codecs = new Map<string, Codec>();
+  readonly #codecs = new Codecs();
   readonly #bitmap: Uint8Array;
   readonly #packed: Uint8Array;
   readonly #out: Uint8Array;
@@ -61,7 +92,7 @@ export class ChunkEncoder {
   sampleRatio(body: Uint8Array): number {
     const slice = body.subarray(0, SAMPLE_BYTES);
     if (slice.length === 0) return 1;
-    return Math.min(1, this.#codec({ codec: "lz4" }).compress(slice, this.#sample) / slice.length);
+    return Math.min(1, this.#codecs.forSpec({ codec: "lz4" }).compress(slice, this.#sample) / slice.length);
   }
 
   /** Encodes the chunk at frame[headroom, headroom + rawLen) with the codec pick chooses. */
@@ -80,7 +111,7 @@ export class ChunkEncoder {
     let bodyLen = body.length;
     let compression: Encoded["compression"];
     if (spec.codec !== "none") {
-      const c = this.#codec(spec);
+      const c = this.#codecs.forSpec(spec);
       const started = performance.now();
       const n = await c.compressAsync(body, this.#out.subarray(head));
       compression = {
@@ -107,21 +138,14 @@ export class ChunkEncoder {
     };
   }
 
-  #codec(spec: CodecSpec): Codec {
-    const key = specKey(spec);
-    let codec = this.#codecs.get(key);
-    if (!codec) this.#codecs.set(key, codec = new Codec(spec.codec, spec.level));
-    return codec;
-  }
-
   close(): void {
-    for (const c of this.#codecs.values()) c.close();
+    this.#codecs.close();
   }
 }
 
 /** One per stream: decodes payloads into raw bytes; any malformed input is reported, never thrown past. */
 export class ChunkDecoder {
-  readonly #codecs = new Map<number, Codec>();
+  readonly #codecs = new Codecs();
   readonly #packed: Uint8Array;
 
   constructor(readonly chunkBytes: number) {
@@ -145,14 +169,14 @@ export class ChunkDecoder {
           out.set(payload);
           return false;
         }
-        return await this.#codec(codecId).decompressAsync(payload, out) === rawLen ? false : undefined;
+        return await this.#codecs.forId(codecId).decompressAsync(payload, out) === rawLen ? false : undefined;
       }
       const bmLen = bitmapBytes(rawLen);
       if (payload.length < bmLen) return undefined;
       const bitmap = payload.subarray(0, bmLen);
       let packed = payload.subarray(bmLen);
       if (codecId !== 0) {
-        const n = await this.#codec(codecId).decompressAsync(packed, this.#packed);
+        const n = await this.#codecs.forId(codecId).decompressAsync(packed, this.#packed);
         packed = this.#packed.subarray(0, n);
       }
       unpackPages(packed, PAGE_BYTES, bitmap, rawLen, out);
@@ -162,17 +186,7 @@ export class ChunkDecoder {
     }
   }
 
-  #codec(id: number): Codec {
-    let codec = this.#codecs.get(id);
-    if (!codec) {
-      const name = codecName(id);
-      if (!name || name === "none") throw new RangeError(`codec id ${id} is unknown`);
-      this.#codecs.set(id, codec = new Codec(name));
-    }
-    return codec;
-  }
-
   close(): void {
-    for (const c of this.#codecs.values()) c.close();
+    this.#codecs.close();
   }
 }

@@ -21,10 +21,10 @@
  *
  * The frame's checksum covers the decoded bytes, so a delta against the wrong base cannot pass as good.
  */
-import { Codec, type CodecName, codecName, CODECS } from "../../ffi/codec.ts";
+import { Codec, CODECS } from "../../ffi/codec.ts";
 import { type DeltaBuffers, deltaDecode, deltaEncode, kindsBytes, type PageCounts } from "../../ffi/delta.ts";
-import { type CodecPicker, type Encoded, PAGE_BYTES } from "./chunk_codec.ts";
-import { type CodecSpec, specKey } from "./codec_policy.ts";
+import { type CodecPicker, Codecs, type Encoded, PAGE_BYTES } from "./chunk_codec.ts";
+import type { CodecSpec } from "./codec_policy.ts";
 
 export type { PageCounts };
 
@@ -68,7 +68,7 @@ export class DeltaEncoder {
   readonly #pageShift: number;
   readonly #streamSpec: CodecSpec;
   readonly #deltaShare256: number;
-  readonly #codecs = new Map<string, Codec>();
+  readonly #codecs = new Codecs();
   readonly #sections: DeltaBuffers;
   readonly #packed: Uint8Array;
   readonly #out: Uint8Array;
@@ -140,7 +140,7 @@ export class DeltaEncoder {
       const picked = pick(whole);
       const spec: CodecSpec = typeof picked === "string" ? { codec: picked } : picked;
       if (spec.codec !== "none") {
-        const c = this.#codec(spec);
+        const c = this.#codecs.forSpec(spec);
         const started = performance.now();
         const n = await c.compressAsync(whole, out.subarray(at));
         compression = { ...spec, inBytes: whole.length, outBytes: n, elapsedMs: performance.now() - started };
@@ -175,7 +175,7 @@ export class DeltaEncoder {
   /** Writes a stream at out[at..], compressed when that makes it smaller; returns its codec and length. */
   async #placeStream(stream: Uint8Array, at: number): Promise<{ codec: number; length: number }> {
     if (stream.length > 0 && this.#streamSpec.codec !== "none") {
-      const c = this.#codec(this.#streamSpec);
+      const c = this.#codecs.forSpec(this.#streamSpec);
       const n = stream.length <= SYNC_COMPRESS_BYTES
         ? c.compress(stream, this.#packed)
         : await c.compressAsync(stream, this.#packed);
@@ -188,21 +188,14 @@ export class DeltaEncoder {
     return { codec: 0, length: stream.length };
   }
 
-  #codec(spec: CodecSpec): Codec {
-    const key = specKey(spec);
-    let codec = this.#codecs.get(key);
-    if (!codec) this.#codecs.set(key, codec = new Codec(spec.codec, spec.level));
-    return codec;
-  }
-
   close(): void {
-    for (const c of this.#codecs.values()) c.close();
+    this.#codecs.close();
   }
 }
 
 /** One per stream: decodes delta payloads against the base; malformed input is reported, never thrown. */
 export class DeltaDecoder {
-  readonly #codecs = new Map<number, Codec>();
+  readonly #codecs = new Codecs();
   readonly #ctrl: Uint8Array;
   readonly #lits: Uint8Array;
   readonly #whole: Uint8Array;
@@ -253,20 +246,10 @@ export class DeltaDecoder {
   /** A section as it came (codec 0) or decompressed into buf. */
   async #section(codecId: number, wire: Uint8Array, buf: Uint8Array): Promise<Uint8Array> {
     if (codecId === 0) return wire;
-    return buf.subarray(0, await this.#codec(codecId).decompressAsync(wire, buf));
-  }
-
-  #codec(id: number): Codec {
-    let codec = this.#codecs.get(id);
-    if (!codec) {
-      const name: CodecName | undefined = codecName(id);
-      if (!name || name === "none") throw new RangeError(`codec id ${id} is unknown`);
-      this.#codecs.set(id, codec = new Codec(name));
-    }
-    return codec;
+    return buf.subarray(0, await this.#codecs.forId(codecId).decompressAsync(wire, buf));
   }
 
   close(): void {
-    for (const c of this.#codecs.values()) c.close();
+    this.#codecs.close();
   }
 }
