@@ -33,7 +33,8 @@
  * workload rewrites at --dirty-mibps, saved with QMP pmemsave twice, --interval-s apart; every 4 KiB and
  * 64 KiB page of the second dump against the same page of the first: how many pages are unchanged, zero,
  * delta (whenever smaller than the page) or whole, how much of each changed page changed (histogram), the
- * control + literal bytes of the delta pages (all, and those with at most 10 % changed), and the payload of
+ * control + literal bytes of the delta pages (all, those with at most 10 % and with at most 1 % changed:
+ * the seed report's case, on real pages, before the streams' zstd), and the payload of
  * the whole dump: ChunkEncoder (zero pages, then the codec) without deltas, and DeltaEncoder against the
  * first dump with a page sent as a delta only below 256, 128 or 64 256ths of it, whole pages raw or zstd 3.
  *
@@ -313,10 +314,16 @@ interface GuestFigures {
   deltaMean: number;
   deltaP50: number;
   deltaP99: number;
-  /** The same, for the pages with at most 10 % of their bytes changed. */
+  /** The same, for the pages with at most 10 % of their bytes changed, and with at most 1 %. */
   smallDeltaMean: number;
   smallDeltaP50: number;
   smallDeltaP99: number;
+  onePctPages: number;
+  /** Bytes that changed in those pages, mean. */
+  onePctChangedMean: number;
+  onePctDeltaMean: number;
+  onePctDeltaP50: number;
+  onePctDeltaP99: number;
   /** Payload bytes of the whole second dump, by whole-page codec: without deltas, and with deltas at each share. */
   wire: Record<string, Record<string, number>>;
   rawBytes: number;
@@ -346,6 +353,8 @@ async function guestFigures(t0: string, t1: string, pageBytes: number, note: str
   const share: Record<string, number> = Object.fromEntries(SHARE_BINS.map(([name]) => [name, 0]));
   const sizes: number[] = [];
   const smallSizes: number[] = [];
+  const onePctSizes: number[] = [];
+  let onePctChanged = 0;
   const wire: Record<string, Record<string, number>> = {};
   const add = (codec: string, how: string, n: number) =>
     (wire[codec] ??= {})[how] = (wire[codec]?.[how] ?? 0) + n;
@@ -366,6 +375,10 @@ async function guestFigures(t0: string, t1: string, pageBytes: number, note: str
         const bytes = deltaBytesOf(page, basePage, pageBufs);
         if (bytes !== undefined) sizes.push(bytes);
         if (bytes !== undefined && s <= 0.1) smallSizes.push(bytes);
+        if (bytes !== undefined && s <= 0.01) {
+          onePctSizes.push(bytes);
+          onePctChanged += diff;
+        }
       }
       for (const codec of ["none", "zstd"] as const) {
         const p = await plainEncoder.encode(chunk.subarray(0, n), n, () => codec);
@@ -384,6 +397,7 @@ async function guestFigures(t0: string, t1: string, pageBytes: number, note: str
   }
   const sorted = sizes.toSorted((x, y) => x - y);
   const smallSorted = smallSizes.toSorted((x, y) => x - y);
+  const onePctSorted = onePctSizes.toSorted((x, y) => x - y);
   return {
     note,
     pageBytes,
@@ -396,6 +410,11 @@ async function guestFigures(t0: string, t1: string, pageBytes: number, note: str
     smallDeltaMean: smallSizes.length ? mean(smallSizes) : 0,
     smallDeltaP50: smallSizes.length ? quantile(smallSorted, 0.5) : 0,
     smallDeltaP99: smallSizes.length ? quantile(smallSorted, 0.99) : 0,
+    onePctPages: onePctSizes.length,
+    onePctChangedMean: onePctSizes.length ? onePctChanged / onePctSizes.length : 0,
+    onePctDeltaMean: onePctSizes.length ? mean(onePctSizes) : 0,
+    onePctDeltaP50: onePctSizes.length ? quantile(onePctSorted, 0.5) : 0,
+    onePctDeltaP99: onePctSizes.length ? quantile(onePctSorted, 0.99) : 0,
     wire,
     rawBytes: raw,
   };
@@ -429,7 +448,10 @@ function guestTable(gs: GuestFigures[]): string {
     } | ${g.kinds.delta} | ${g.kinds.whole} | ` +
       SHARE_BINS.map(([name]) => `${g.changedShare[name]}`).join(" / ") + ` (${changed}) | ` +
       `${g.deltaMean.toFixed(1)} / ${g.deltaP50} / ${g.deltaP99} | ` +
-      `${g.smallDeltaMean.toFixed(1)} / ${g.smallDeltaP50} / ${g.smallDeltaP99} |`;
+      `${g.smallDeltaMean.toFixed(1)} / ${g.smallDeltaP50} / ${g.smallDeltaP99} | ` +
+      `${g.onePctDeltaMean.toFixed(1)} / ${g.onePctDeltaP50} / ${g.onePctDeltaP99} (${g.onePctPages}, ${
+        g.onePctChangedMean.toFixed(1)
+      } bytes changed) |`;
   });
   const wireLines = gs.flatMap((g) =>
     Object.entries(g.wire).map(([codec, hows]) =>
@@ -440,8 +462,8 @@ function guestTable(gs: GuestFigures[]): string {
   const hows = Object.keys(gs[0].wire.none);
   return "| page | pages | unchanged | zero | delta | whole | changed pages by share of bytes changed: " +
     SHARE_BINS.map(([n]) => n).join(" / ") +
-    " (all) | delta bytes mean / p50 / p99 | same, pages ≤ 10 % changed |\n" +
-    "|---|---|---|---|---|---|---|---|---|\n" + lines.join("\n") +
+    " (all) | delta bytes mean / p50 / p99 | same, pages ≤ 10 % changed | same, pages ≤ 1 % changed (pages, mean changed bytes) |\n" +
+    "|---|---|---|---|---|---|---|---|---|---|\n" + lines.join("\n") +
     `\n\nPayload MiB for the second dump (raw ${
       (gs[0].rawBytes / MiB).toFixed(0)
     } MiB), by the codec of the whole ` +

@@ -31,8 +31,8 @@
  * CLI rows: `zstd -3 -T1`, `zstd -1 -T1`, `lz4 -1` on the whole file (one stream, not chunks), output to
  * a file in the same /dev/shm directory; MB/s from the wall time of the process (start-up included).
  * The seed report's claims (VM memory: saved snappy 75 %, lz4 78 %, zstd 82 %; zstd 300, lz4 450,
- * snappy 500 MB/s) stand beside the VM-memory rows; it names no zstd level, so beside zstd 3. Page delta
- * is not implemented yet, and the report says so rather than show a size for it. "auto" rows also show
+ * snappy 500 MB/s) stand beside the VM-memory rows; it names no zstd level, so beside zstd 3. Page deltas
+ * need two versions of the memory: bench/delta_sizes.ts measures them. "auto" rows also show
  * what the policy picked and what those chunks saved. Progress goes to stderr, tables to stdout; --out
  * writes every figure as JSON.
  */
@@ -621,8 +621,7 @@ const modeText = (bias: CodecBias) => {
   const codecs = b.candidates.length ? b.candidates.map(specKey).join(", ") : "raw (zero pages only)";
   return `${bias}: ${codecs}, ${b.chunkBytes ? `${b.chunkBytes / MiB} MiB` : `${chunkKiB} KiB`} chunks`;
 };
-const DELTA_LINE = "delta sizes: not measured — page delta encoding is not implemented in dwcp yet " +
-  "(src/encoding has zero pages and codecs only), so there is nothing to report.";
+const DELTA_LINE = "delta sizes: see bench/delta_sizes.ts (a page delta needs an older version of the page).";
 
 const results: SampleResult[] = [];
 let versions = "";

@@ -99,6 +99,8 @@ interface Best {
 const summary: { trace: string; best: Best[]; online: string[] }[] = [];
 /** Per horizon, each predictor's totals pooled over the held-out traces (LSTM last), for the closing table. */
 const pooled = HORIZONS_MS.map(() => new Map<string, Totals>());
+/** Per horizon, how many of the online choice's held-out forecasts each predictor made. */
+const pooledUses = HORIZONS_MS.map(() => new Map<string, number>());
 for (const name of files) {
   const trace = binMahimahi(await Deno.readTextFile(tracesDir + name), binMs);
   const bins = trace.bytesPerSec;
@@ -125,6 +127,7 @@ for (const name of files) {
         t.merge(r.totals);
         pooled[h].set(r.name, t);
       }
+      for (const [name, n] of res.uses) pooledUses[h].set(name, (pooledUses[h].get(name) ?? 0) + n);
     }
     const best = bestRow(res.rows.slice(0, baselinePredictors().length));
     entry.best.push({
@@ -165,6 +168,13 @@ if (heldOut.size > 0) {
           ((lstmRow.totals.medianAccuracy() - best.totals.medianAccuracy()) * 100).toFixed(1)
         } of 1 − MdAPE, MAE ${(lstmRow.totals.maeMbps() - best.totals.maeMbps()).toFixed(3)} Mbit/s`
         : `${pad(label, 8)}no LSTM model for bins of ${binMs} ms at this horizon`,
+    );
+    const uses = [...pooledUses[h]].sort((a, b) => b[1] - a[1]);
+    const total = uses.reduce((s, [, n]) => s + n, 0);
+    console.log(
+      `${pad(label, 8)}online choice's forecasts made by: ${
+        uses.map(([name, n]) => `${name} ${pct(n / total)}`).join(", ")
+      }`,
     );
   });
 }

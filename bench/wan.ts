@@ -263,6 +263,8 @@ interface MigrationResult {
   observedDowntimeMs?: number;
   passes?: number;
   bootMs?: number;
+  /** Agents: the migration's events that retuned QEMU from the link's bandwidth forecast, "+s: message". */
+  forecastEvents?: string[];
 }
 
 interface ProfileResult {
@@ -437,8 +439,16 @@ type MigrationSnapshot = {
   passes?: number;
   streams: number;
   transfer?: { wireBytes: number; codec: string };
+  events: { at: string; message: string }[];
   error?: { code: string; message: string };
 };
+
+/** The events in which the migration retuned QEMU from the forecast, each as "+seconds: message". */
+function forecastEvents(snap: MigrationSnapshot): string[] {
+  const t0 = Date.parse(snap.events[0]?.at ?? "");
+  return snap.events.filter((e) => / forecast: /.test(e.message))
+    .map((e) => `+${((Date.parse(e.at) - t0) / 1000).toFixed(1)} s: ${e.message}`);
+}
 
 async function agentsMigration(a: WanAgent, b: WanAgent, image: GuestImage): Promise<MigrationResult> {
   const name = "wan-guest";
@@ -490,6 +500,7 @@ async function agentsMigration(a: WanAgent, b: WanAgent, image: GuestImage): Pro
           bytes: snap.bytesSent,
           streams: snap.streams,
           bootMs,
+          forecastEvents: forecastEvents(snap),
         };
       }
       await sleep(20);
@@ -511,6 +522,7 @@ async function agentsMigration(a: WanAgent, b: WanAgent, image: GuestImage): Pro
       streams: snap.streams,
       passes: snap.passes,
       bootMs,
+      forecastEvents: forecastEvents(snap),
     };
   } finally {
     await cleanup();
@@ -744,6 +756,11 @@ function table(r: ProfileResult): string {
           : "-",
       ],
       ["  agents / native wall time", times(j.timeRatio)],
+      [
+        "  QEMU retuned from the forecast",
+        g?.forecastEvents ? `${g.forecastEvents.length} times${g.forecastEvents.length ? ":" : ""}` : "-",
+      ],
+      ...(g?.forecastEvents ?? []).map((e): [string, string] => ["", `    ${e}`]),
     );
   }
   const width = Math.max(...rows.map(([k]) => k.length));

@@ -16,6 +16,7 @@ enum dwcp_status {
   DWCP_EUNAVAIL = -5,   /* optional library or device missing */
   DWCP_EFAIL = -6,      /* the underlying library reported an error */
   DWCP_ENOTFOUND = -7,  /* the thing asked about does not exist (a TCP socket that closed) */
+  DWCP_EPERM = -8,      /* the kernel refused for want of a privilege */
 };
 
 enum dwcp_codec { DWCP_CODEC_NONE = 0, DWCP_CODEC_LZ4 = 1, DWCP_CODEC_ZSTD = 2, DWCP_CODEC_SNAPPY = 3 };
@@ -73,6 +74,11 @@ int32_t dwcp_rdma_devices(uint8_t *out, uint32_t cap);
  * text) and ports, as JSON; DWCP_ENOTFOUND when no such socket is open. */
 int32_t dwcp_tcp_info(const char *local_host, uint32_t local_port, const char *remote_host, uint32_t remote_port,
                       uint8_t *out, uint32_t cap);
+/* Sets the congestion control (TCP_CONGESTION) of this process's TCP socket with those addresses and ports:
+ * DWCP_ENOTFOUND when no such socket is open here, DWCP_EUNAVAIL when the kernel has no such algorithm,
+ * DWCP_EPERM when this process may not pick it (net.ipv4.tcp_allowed_congestion_control). */
+int32_t dwcp_tcp_set_congestion(const char *local_host, uint32_t local_port, const char *remote_host,
+                                uint32_t remote_port, const char *name);
 
 int32_t dwcp_ort_load(const char *path);
 int32_t dwcp_ort_version(uint8_t *out, uint32_t cap);

@@ -1,10 +1,14 @@
 /* TCP_INFO of a socket named by its addresses, the way `ss` gets it: Deno hands out no socket
  * descriptors, so getsockopt(TCP_INFO) is out of reach, but the kernel answers an exact inet_diag
- * lookup (NETLINK_SOCK_DIAG) for any TCP socket of this network namespace by its 4-tuple. */
+ * lookup (NETLINK_SOCK_DIAG) for any TCP socket of this network namespace by its 4-tuple. The same
+ * lookup gives the socket's inode, by which this process's own descriptor for it is found, to set
+ * its congestion control (TCP_CONGESTION). */
 #include "dwcp.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -14,8 +18,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -81,9 +87,19 @@ static int32_t write_json(const struct tcp_info *src, uint32_t info_len, uint8_t
   return (int32_t)len;
 }
 
-/* Sends one exact inet_diag request and parses the answer into JSON. */
+/* The kernel's answer to one exact inet_diag lookup: the socket's record and its attributes, which point
+ * into buf. One socket's record is a few hundred bytes; uint64_t keeps the nlmsghdr and tcp_info aligned. */
+struct diag_answer {
+  uint64_t buf[1024];
+  const struct inet_diag_msg *msg;
+  const struct rtattr *attrs;
+  int attrs_len;
+};
+
+/* Sends one exact inet_diag request, asking for the attributes in ext (INET_DIAG_* bits), and reads the
+ * socket's record into answer. */
 static int32_t query(int fd, int family, const __be32 local[4], uint32_t local_port, const __be32 remote[4],
-                     uint32_t remote_port, uint8_t *out, uint32_t cap) {
+                     uint32_t remote_port, uint8_t ext, struct diag_answer *answer) {
   struct {
     struct nlmsghdr nlh;
     struct inet_diag_req_v2 req;
@@ -95,7 +111,7 @@ static int32_t query(int fd, int family, const __be32 local[4], uint32_t local_p
   msg.nlh.nlmsg_seq = 1;
   msg.req.sdiag_family = (uint8_t)family;
   msg.req.sdiag_protocol = IPPROTO_TCP;
-  msg.req.idiag_ext = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1));
+  msg.req.idiag_ext = ext;
   msg.req.idiag_states = ~0u;
   /* "src" is the socket's own end: the kernel looks up (saddr=dst, daddr=src) as seen by a packet. */
   msg.req.id.idiag_sport = htons((uint16_t)local_port);
@@ -109,44 +125,29 @@ static int32_t query(int fd, int family, const __be32 local[4], uint32_t local_p
   if (sendto(fd, &msg, sizeof msg, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) {
     return dwcp_fail(DWCP_EFAIL, "sending the inet_diag request: %s", strerror(errno));
   }
-  /* One socket's record is a few hundred bytes; uint64_t keeps the nlmsghdr and tcp_info aligned. */
-  uint64_t buf[1024];
-  ssize_t received = recv(fd, buf, sizeof buf, 0);
+  ssize_t received = recv(fd, answer->buf, sizeof answer->buf, 0);
   if (received < 0) return dwcp_fail(DWCP_EFAIL, "reading the inet_diag answer: %s", strerror(errno));
 
   int n = (int)received;
-  for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, n); h = NLMSG_NEXT(h, n)) {
+  for (struct nlmsghdr *h = (struct nlmsghdr *)answer->buf; NLMSG_OK(h, n); h = NLMSG_NEXT(h, n)) {
     if (h->nlmsg_type == NLMSG_ERROR) {
       const struct nlmsgerr *e = NLMSG_DATA(h);
       if (e->error == -ENOENT) return dwcp_fail(DWCP_ENOTFOUND, "no such TCP socket");
       return dwcp_fail(DWCP_EFAIL, "inet_diag lookup failed: %s", strerror(-e->error));
     }
     if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
-    const struct inet_diag_msg *diag = NLMSG_DATA(h);
-    int attr_len = (int)(h->nlmsg_len - NLMSG_LENGTH(sizeof *diag));
-    const struct tcp_info *info = NULL;
-    uint32_t info_len = 0;
-    char cong[TCP_CA_NAME_MAX + 1] = "";
-    for (const struct rtattr *a = (const struct rtattr *)(diag + 1); RTA_OK(a, attr_len);
-         a = RTA_NEXT(a, attr_len)) {
-      if (a->rta_type == INET_DIAG_INFO) {
-        info = RTA_DATA(a);
-        info_len = (uint32_t)RTA_PAYLOAD(a);
-      } else if (a->rta_type == INET_DIAG_CONG) {
-        size_t m = RTA_PAYLOAD(a) < TCP_CA_NAME_MAX ? RTA_PAYLOAD(a) : TCP_CA_NAME_MAX;
-        memcpy(cong, RTA_DATA(a), m);
-        cong[m] = '\0';
-      }
-    }
-    /* A socket in TIME_WAIT is a closed connection: it carries no tcp_info. */
-    if (!info) return dwcp_fail(DWCP_ENOTFOUND, "the TCP socket is closed (state %u)", diag->idiag_state);
-    return write_json(info, info_len, diag->idiag_state, cong[0] ? cong : NULL, (char *)out, cap);
+    answer->msg = NLMSG_DATA(h);
+    answer->attrs = (const struct rtattr *)(answer->msg + 1);
+    answer->attrs_len = (int)(h->nlmsg_len - NLMSG_LENGTH(sizeof *answer->msg));
+    return 0;
   }
   return dwcp_fail(DWCP_EFAIL, "the kernel's inet_diag answer held no socket record");
 }
 
-int32_t dwcp_tcp_info(const char *local_host, uint32_t local_port, const char *remote_host, uint32_t remote_port,
-                      uint8_t *out, uint32_t cap) {
+/* Looks up this namespace's TCP socket with these addresses (text) and ports: the part that TCP_INFO and
+ * setting the congestion control share. */
+static int32_t lookup(const char *local_host, uint32_t local_port, const char *remote_host, uint32_t remote_port,
+                      uint8_t ext, struct diag_answer *answer) {
   __be32 local[4], remote[4];
   int family = parse_addr(local_host, local);
   if (!family) return dwcp_fail(DWCP_EINVAL, "local address \"%s\" is not an IPv4 or IPv6 address", local_host);
@@ -163,7 +164,90 @@ int32_t dwcp_tcp_info(const char *local_host, uint32_t local_port, const char *r
   /* The kernel answers at once; the bound only guards against an answer that never comes. */
   struct timeval timeout = {.tv_sec = 1};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  int32_t rc = query(fd, family, local, local_port, remote, remote_port, out, cap);
+  int32_t rc = query(fd, family, local, local_port, remote, remote_port, ext, answer);
   close(fd);
   return rc;
+}
+
+int32_t dwcp_tcp_info(const char *local_host, uint32_t local_port, const char *remote_host, uint32_t remote_port,
+                      uint8_t *out, uint32_t cap) {
+  struct diag_answer answer;
+  int32_t rc = lookup(local_host, local_port, remote_host, remote_port,
+                      (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1)), &answer);
+  if (rc) return rc;
+  const struct tcp_info *info = NULL;
+  uint32_t info_len = 0;
+  char cong[TCP_CA_NAME_MAX + 1] = "";
+  int attrs_len = answer.attrs_len;
+  for (const struct rtattr *a = answer.attrs; RTA_OK(a, attrs_len); a = RTA_NEXT(a, attrs_len)) {
+    if (a->rta_type == INET_DIAG_INFO) {
+      info = RTA_DATA(a);
+      info_len = (uint32_t)RTA_PAYLOAD(a);
+    } else if (a->rta_type == INET_DIAG_CONG) {
+      size_t m = RTA_PAYLOAD(a) < TCP_CA_NAME_MAX ? RTA_PAYLOAD(a) : TCP_CA_NAME_MAX;
+      memcpy(cong, RTA_DATA(a), m);
+      cong[m] = '\0';
+    }
+  }
+  /* A socket in TIME_WAIT is a closed connection: it carries no tcp_info. */
+  if (!info) return dwcp_fail(DWCP_ENOTFOUND, "the TCP socket is closed (state %u)", answer.msg->idiag_state);
+  return write_json(info, info_len, answer.msg->idiag_state, cong[0] ? cong : NULL, (char *)out, cap);
+}
+
+/* A descriptor of this process for the socket with this inode, dup()ed so that it stays that socket while
+ * it is used even if another thread closes the original and its number is reused; -1 when none is open. */
+static int dup_socket_fd(ino_t inode) {
+  DIR *dir = opendir("/proc/self/fd");
+  if (!dir) return -1;
+  int found = -1;
+  for (struct dirent *e; found < 0 && (e = readdir(dir));) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    int fd = fcntl(atoi(e->d_name), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) continue;
+    /* fstat of a socket descriptor gives its sockfs inode, the number /proc/self/fd/N shows as socket:[N]. */
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == inode) {
+      found = fd;
+    } else {
+      close(fd);
+    }
+  }
+  closedir(dir);
+  return found;
+}
+
+int32_t dwcp_tcp_set_congestion(const char *local_host, uint32_t local_port, const char *remote_host,
+                                uint32_t remote_port, const char *name) {
+  size_t name_len = strlen(name);
+  if (name_len == 0 || name_len >= TCP_CA_NAME_MAX) {
+    return dwcp_fail(DWCP_EINVAL, "congestion control \"%s\" is not a name of 1..%d characters", name,
+                     TCP_CA_NAME_MAX - 1);
+  }
+  struct diag_answer answer;
+  int32_t rc = lookup(local_host, local_port, remote_host, remote_port, 0, &answer);
+  if (rc) return rc;
+  /* A socket no descriptor holds (TIME_WAIT, or closed and still sending its last bytes) has inode 0. */
+  ino_t inode = answer.msg->idiag_inode;
+  if (inode == 0) return dwcp_fail(DWCP_ENOTFOUND, "the TCP socket is closed (state %u)", answer.msg->idiag_state);
+  int fd = dup_socket_fd(inode);
+  if (fd < 0) {
+    return dwcp_fail(DWCP_ENOTFOUND, "TCP socket inode %lu is not open in this process", (unsigned long)inode);
+  }
+  int set = setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, (socklen_t)name_len);
+  int err = errno;
+  close(fd);
+  if (set == 0) return DWCP_OK;
+  if (err == ENOENT) {
+    return dwcp_fail(DWCP_EUNAVAIL,
+                     "congestion control \"%s\" is not available in this kernel: load its module (modprobe tcp_%s) "
+                     "or pick one of net.ipv4.tcp_available_congestion_control",
+                     name, name);
+  }
+  if (err == EPERM) {
+    return dwcp_fail(DWCP_EPERM,
+                     "congestion control \"%s\" is not permitted to this process: add it to "
+                     "net.ipv4.tcp_allowed_congestion_control, or run the agent with CAP_NET_ADMIN",
+                     name);
+  }
+  return dwcp_fail(DWCP_EFAIL, "setting congestion control \"%s\": %s", name, strerror(err));
 }

@@ -108,6 +108,9 @@ export const symbols = {
   // int32_t dwcp_tcp_info(const char *local_host, uint32_t local_port, const char *remote_host,
   //                       uint32_t remote_port, uint8_t *out, uint32_t cap)
   dwcp_tcp_info: { parameters: ["buffer", "u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
+  // int32_t dwcp_tcp_set_congestion(const char *local_host, uint32_t local_port, const char *remote_host,
+  //                                 uint32_t remote_port, const char *name)
+  dwcp_tcp_set_congestion: { parameters: ["buffer", "u32", "buffer", "u32", "buffer"], result: "i32" },
   // int32_t dwcp_ort_load(const char *path)
   dwcp_ort_load: { parameters: ["buffer"], result: "i32" },
   // int32_t dwcp_ort_version(uint8_t *out, uint32_t cap)

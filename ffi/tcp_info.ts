@@ -1,10 +1,14 @@
 /**
- * The kernel's TCP_INFO for a connection Deno opened. Deno gives out no socket descriptors, so the shim
- * asks the kernel by the connection's addresses over NETLINK_SOCK_DIAG, as `ss -ti` does.
+ * The kernel's TCP_INFO for a connection Deno opened, and its congestion control. Deno gives out no socket
+ * descriptors, so the shim asks the kernel by the connection's addresses over NETLINK_SOCK_DIAG, as
+ * `ss -ti` does, and finds this process's descriptor for the socket by the inode the kernel names.
  */
 import { check, native } from "./library.ts";
 
-/** The shim's DWCP_ENOTFOUND: no open socket has those addresses (it closed, or is in TIME_WAIT). */
+/**
+ * The shim's DWCP_ENOTFOUND: no open socket has those addresses (it closed, or is in TIME_WAIT), or, when
+ * setting, none this process holds.
+ */
 const ENOTFOUND = -7;
 
 /**
@@ -74,4 +78,28 @@ export function tcpInfo(conn: TcpEndpoints): TcpInfo | undefined {
   if (n === ENOTFOUND) return undefined;
   check(n, `TCP_INFO of ${local.hostname}:${local.port} → ${remote.hostname}:${remote.port}`);
   return JSON.parse(utf8.decode(out.subarray(0, n)));
+}
+
+/**
+ * Sets the congestion control ("cubic", "bbr", ...) of the connection with these endpoints; false once the
+ * connection has closed. Throws a ShimError naming the algorithm and the fix
+ * when the kernel has no such algorithm (status -5) or this process may not pick it (-8: only root, or
+ * CAP_NET_ADMIN, may pick one outside net.ipv4.tcp_allowed_congestion_control).
+ */
+export function setCongestionControl(conn: TcpEndpoints, name: string): boolean {
+  const local = netAddr(conn.localAddr, "localAddr");
+  const remote = netAddr(conn.remoteAddr, "remoteAddr");
+  const status = native().dwcp_tcp_set_congestion(
+    cString(local.hostname),
+    local.port,
+    cString(remote.hostname),
+    remote.port,
+    cString(name),
+  );
+  if (status === ENOTFOUND) return false;
+  check(
+    status,
+    `setting congestion control of ${local.hostname}:${local.port} → ${remote.hostname}:${remote.port}`,
+  );
+  return true;
 }

@@ -74,7 +74,7 @@ export async function startAgent(
   const caps = capabilities();
   const identity: PeerIdentity = {
     agentId: config.agentId,
-    capabilities: { codecs: caps.codecs, rdma: caps.rdma.available },
+    capabilities: { codecs: caps.codecs, rdma: caps.rdma.available, rateProbe: true },
   };
   const forecasts = await openAgentForecasts(config.stateDir, log);
   const links = agentPeerLinks(config, identity, log, (peer) => transfers.resolvePeer(peer), forecasts.book);
@@ -118,7 +118,10 @@ export async function startAgent(
         dedupeStore: dedupeStore && (() => dedupeStore.get()),
       }),
     },
-    onIncoming: (p) => transfers.addIncoming(p),
+    onIncoming: (p, from) => {
+      transfers.addIncoming(p);
+      links.transferReceived(from.agentId, p);
+    },
     log,
   });
   const serving = dataServer.serve();

@@ -23,6 +23,8 @@ const peerName = z.string().regex(/^[A-Za-z0-9._-]+$/);
 
 /** A smaller chunk store would evict VM memory's chunks before a second migration could use them. */
 const MIN_DEDUPE_STORE_BYTES = 64 * 1024 * 1024;
+/** Rate probes start on link probing's once-a-second tick: a shorter interval would mean the same. */
+const MIN_RATE_PROBE_INTERVAL_MS = 1000;
 
 const hostPort = z.string().refine(isHostPort, {
   message: 'expected "HOST:PORT" with a port of 0..65535, for example "127.0.0.1:7700"',
@@ -60,6 +62,11 @@ const schema = z.object({
   /** Link probing and the datacenter / internet / hybrid mode policy (src/mode). */
   link: z.object({
     probeIntervalMs: z.number().int().min(100),
+    /** An idle peer's delivered rate is probed this often (a short burst, src/mode/links.ts); 0: never. */
+    rateProbeIntervalMs: z.number().int().min(0).refine((v) => v === 0 || v >= MIN_RATE_PROBE_INTERVAL_MS, {
+      message: `give 0 (no rate probes: rates come from transfers only) or at least ` +
+        `${MIN_RATE_PROBE_INTERVAL_MS} ms (probes start on the once-a-second sampling tick); the default is 300000`,
+    }),
     minDwellMs: z.number().int().min(0),
     confirmMs: z.number().int().min(0),
     /** Operator pins: peer (a configured name or HOST:PORT) → mode. */
@@ -111,6 +118,7 @@ export function defaults(env: Record<string, string | undefined> = Deno.env.toOb
     },
     link: {
       probeIntervalMs: 10_000,
+      rateProbeIntervalMs: 300_000,
       minDwellMs: DEFAULT_TIMING.minDwellMs,
       confirmMs: DEFAULT_TIMING.confirmMs,
       pins: {} as Record<string, string>,

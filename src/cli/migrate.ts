@@ -4,6 +4,7 @@
  * `dwcp demo`.
  */
 import { parseArgs } from "node:util";
+import { MAX_MULTIFD_CHANNELS } from "../migration/incoming.ts";
 import { isTerminal } from "../migration/machine.ts";
 import { LIMITS } from "../transport/receiver.ts";
 import type { ApiClient, MigrationRequest, MigrationSnapshot } from "./client.ts";
@@ -31,6 +32,11 @@ the migration (the guest keeps running here), unless it is already switching ove
   --downtime-limit MS    the longest pause QEMU may plan for the switchover, 1..60000 (default 300)
   --max-rate MBPS        cap QEMU's migration rate, in MB/s (10^6 bytes/s; default: no cap)
   --no-auto-converge     never throttle the guest's vCPUs to make a busy guest converge
+  --postcopy             if precopy does not converge even throttled, switch to postcopy (the guest runs
+                         on PEER and fetches pages it still lacks; the source is then never resumed)
+  --multifd N            QEMU multifd channels, 0..${MAX_MULTIFD_CHANNELS} (default: the link mode's); not with
+                         --postcopy
+  --dedupe, --no-dedupe  send only the pages PEER's chunk store lacks, or never (default: on internet links)
 
 ${CLIENT_OPTIONS_HELP}
 
@@ -150,6 +156,12 @@ export async function watchMigration(
   return last;
 }
 
+/** --dedupe / --no-dedupe: asked for, refused, or left to the link's mode (undefined). */
+function dedupeChoice(on: boolean | undefined, off: boolean | undefined): boolean | undefined {
+  if (on && off) throw new UsageError("give --dedupe or --no-dedupe, not both");
+  return on ? true : off ? false : undefined;
+}
+
 export async function migrateCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
@@ -161,6 +173,10 @@ export async function migrateCommand(args: string[]): Promise<number> {
       "downtime-limit": { type: "string" },
       "max-rate": { type: "string" },
       "no-auto-converge": { type: "boolean" },
+      postcopy: { type: "boolean" },
+      multifd: { type: "string" },
+      dedupe: { type: "boolean" },
+      "no-dedupe": { type: "boolean" },
     },
   });
   if (values.help) {
@@ -176,6 +192,9 @@ export async function migrateCommand(args: string[]): Promise<number> {
     downtimeLimitMs: wholeNumber("--downtime-limit", values["downtime-limit"], 1, 60_000),
     maxBytesPerSec: parseMaxRate(values["max-rate"]),
     autoConverge: values["no-auto-converge"] ? false : undefined,
+    postcopy: values.postcopy || undefined,
+    multifdChannels: wholeNumber("--multifd", values.multifd, 0, MAX_MULTIFD_CHANNELS),
+    dedupe: dedupeChoice(values.dedupe, values["no-dedupe"]),
   };
   const client = apiClient(values);
   return await runJob({

@@ -49,12 +49,14 @@ const MiB = 1024 * 1024;
  * 1.5x raw ran at 0.82x of raw on VM memory and 0.91x on text. Links slower than the compressors have
  * longer round trips, and the mode policy (src/mode/) makes them hybrid or internet.
  * internet: the link is the bottleneck, so spend CPU for ratio. Chunks are compressed independently, so
- * a chunk is all the context a codec gets. On a 1 GiB guest's memory (40 % zero pages), two chunks at a
- * time on this 2-core machine, zstd saved 84.8 % at level 4 with 8 MiB chunks (845 MB/s), 85.6 % at 5
- * with 8 MiB (520-650 MB/s), 86.2 % at 5 with 16 MiB (780 MB/s), 86.0 % at 6 with 8 MiB (494 MB/s);
- * the `zstd -3` CLI on the whole file saved 85.1 % at 550-640 MB/s. Hence zstd 5 on 16 MiB chunks at
- * the top; the mode policy shrinks the chunk where many streams would hold too much memory. Higher
- * levels cost far more time than they save (zstd 9: 7x slower than 6 for well under a point).
+ * a chunk is all the context a codec gets, and zstd's window spans the whole chunk (c-shim/codec.c). On a
+ * 1 GiB guest's memory (41 % zero pages) in 16 MiB chunks, one core, zstd saved 88.0 % at level 3
+ * (1370 MB/s), 88.2 % at 4 (1060 MB/s), 87.4 % at 5 (590 MB/s: its greedy matcher finds less there than
+ * level 4's double-fast one) and 88.3 % at 7 (430 MB/s); on 64 MiB of source text, 85.2 % at 3 and 4
+ * (390, 330 MB/s), 86.5 % at 5 (200 MB/s); the `zstd -3` CLI on the whole memory file saved 85.6 %.
+ * Hence zstd 4 at the top: VM memory and disk images are what dwcp moves, and above 4 the levels stop
+ * saving more on them while costing twice the CPU. The mode policy shrinks the chunk where many streams
+ * would hold too much memory.
  */
 export const CODEC_BIAS: Record<CodecBias, BiasSettings> = {
   datacenter: { candidates: [] },
@@ -63,7 +65,7 @@ export const CODEC_BIAS: Record<CodecBias, BiasSettings> = {
       { codec: "lz4" },
       { codec: "zstd", level: 1 },
       { codec: "zstd", level: 3 },
-      { codec: "zstd", level: 5 },
+      { codec: "zstd", level: 4 },
     ],
     chunkBytes: 16 * MiB,
   },
@@ -98,7 +100,7 @@ const PRIORS: Record<string, { bytesPerSec: number; savingsToLz4: number }> = {
   zstd: { bytesPerSec: 340e6, savingsToLz4: 1.13 },
   "zstd:1": { bytesPerSec: 560e6, savingsToLz4: 1.08 },
   "zstd:3": { bytesPerSec: 340e6, savingsToLz4: 1.13 },
-  "zstd:5": { bytesPerSec: 400e6, savingsToLz4: 1.16 },
+  "zstd:4": { bytesPerSec: 340e6, savingsToLz4: 1.16 },
 };
 /** Samples that saved less than this say nothing about a codec's relative savings. */
 const MIN_SAMPLE_SAVINGS = 0.02;
@@ -141,7 +143,7 @@ export class CodecPolicy {
     // Candidates run from fast to thorough, and a more thorough one saves at least what the ones
     // before it save. Each codec's savings are learned on the chunks it happened to get (a probe may
     // land on poor data), so that order caps every estimate at the one before it; and the sample
-    // underrates thorough codecs (16 KiB of lz4 cannot see what zstd 5 finds in 16 MiB), so a more
+    // underrates thorough codecs (16 KiB of lz4 cannot see what zstd 4 finds in 16 MiB), so a more
     // thorough codec wins unless it promises clearly less: unless the CPU would be the limit.
     let ratioCap = 1;
     for (const spec of this.candidates) {

@@ -5,6 +5,14 @@
  * what the link carries) and the retransmit ratio (from the stream sockets' TCP_INFO counters, spurious
  * retransmissions taken out, over the last minute of traffic rather than of time, so an idle link
  * keeps what its last transfer taught). No clock and no IO here: the caller samples and passes nowMs.
+ *
+ * Retransmissions are the link's loss only when the sender was not overflowing a queue itself. A
+ * transfer that fills a LAN or metro link drops packets at the bottleneck's tail (BBRv1 with several
+ * streams retransmits over 10 % of what it sends through a one-RTT buffer), and counting those as the
+ * path's loss would call every saturated LAN "lossy". So each interval of a socket's counters is
+ * classified as TCP Veno does (Fu & Liew, IEEE JSAC 2003): the segments queued along the path are
+ * cwnd × (RTT − min RTT) / RTT; with at least CONGESTION_BACKLOG_SEGMENTS queued, losses are the
+ * queue's (congestion), and the interval goes to a separate tally instead of the loss ratio.
  */
 import type { TcpInfo } from "../../ffi/tcp_info.ts";
 
@@ -55,6 +63,12 @@ export interface LinkMeasurements {
   /** What retransmitRatio is taken over: small samples say little about rare losses. */
   retransmitSampleSegments: number;
   retransmitSampleBytes: number;
+  /**
+   * The same ratio over the intervals left out of retransmitRatio because the socket had a standing queue
+   * (congestion: the transfer's own overflow, see the module comment), and its sample size.
+   */
+  queuedRetransmitRatio?: number;
+  queuedSampleSegments: number;
   /** Segment size and congestion control of the peer's most recently sampled socket. */
   mssBytes?: number;
   congestion?: string;
@@ -66,6 +80,8 @@ const RTT_ALPHA = 1 / 8;
 const RTT_BETA = 1 / 4;
 /** Sockets whose counters are remembered; the oldest is forgotten first (a transfer has at most 65). */
 const MAX_SOCKETS = 256;
+/** Veno's β: a socket with this many segments queued along the path is congesting it. */
+const CONGESTION_BACKLOG_SEGMENTS = 3;
 
 /** The least or greatest value over a sliding time window, kept in a bounded number of time buckets. */
 class WindowedExtreme {
@@ -166,6 +182,16 @@ class LossWindow {
 }
 
 /**
+ * Segments the socket has queued along the path (Veno's N = cwnd × (RTT − base RTT) / RTT); undefined
+ * when the kernel did not report the window or the round trips.
+ */
+function queuedSegments(info: TcpInfo): number | undefined {
+  const { sndCwndSegments: cwnd, rttUs, minRttUs } = info;
+  if (cwnd === undefined || !rttUs || minRttUs === undefined) return undefined;
+  return cwnd * Math.max(0, rttUs - minRttUs) / rttUs;
+}
+
+/**
  * A socket's counters so far. Segments are TCP's own unit of loss (and Mathis's p); bytes, where the
  * kernel has them (4.19+), measure the window, else segments times the MSS do.
  */
@@ -182,6 +208,8 @@ export class LinkStats {
   readonly #minRtt: WindowedExtreme;
   readonly #maxRate: WindowedExtreme;
   readonly #loss: LossWindow;
+  /** Intervals with a standing queue: kept apart from #loss, and shown. */
+  readonly #queuedLoss: LossWindow;
   readonly #sockets = new Map<string, Counters>();
   #rttSamples = 0;
   #latestRttMs?: number;
@@ -198,6 +226,7 @@ export class LinkStats {
     this.#minRtt = new WindowedExtreme(options.minRttWindowMs, Math.min);
     this.#maxRate = new WindowedExtreme(options.rateWindowMs, Math.max);
     this.#loss = new LossWindow(options.lossWindowMs, options.lossWindowBytes);
+    this.#queuedLoss = new LossWindow(options.lossWindowMs, options.lossWindowBytes);
   }
 
   /** One round-trip sample. minRttMs: a lower figure the source measured alongside (TCP's min_rtt). */
@@ -233,7 +262,8 @@ export class LinkStats {
   /**
    * TCP_INFO of one of the peer's sockets (socket: any stable key for it, such as its 4-tuple). Feeds
    * the round trip and the retransmit counters; counters are cumulative, so only the growth since the
-   * socket's previous sample is added (its first sample adds all it did since it opened).
+   * socket's previous sample is added (its first sample adds all it did since it opened), to the loss
+   * ratio, or to the queued tally when the socket has a standing queue now (see the module comment).
    */
   addTcpInfo(nowMs: number, socket: string, info: TcpInfo): void {
     this.#seen(nowMs);
@@ -249,7 +279,8 @@ export class LinkStats {
     // Segments sent only grow; fewer mean the key now names a new socket, which starts from zero.
     const base = now.sentSegments < before.sentSegments ? zero : before;
     if (now.sentSegments > base.sentSegments) {
-      this.#loss.add(nowMs, {
+      const queued = (queuedSegments(info) ?? 0) >= CONGESTION_BACKLOG_SEGMENTS;
+      (queued ? this.#queuedLoss : this.#loss).add(nowMs, {
         sentBytes: now.sentBytes - base.sentBytes,
         sentSegments: now.sentSegments - base.sentSegments,
         lostSegments: now.lostSegments - base.lostSegments,
@@ -279,6 +310,8 @@ export class LinkStats {
       retransmitRatio: this.#loss.ratio,
       retransmitSampleSegments: this.#loss.sentSegments,
       retransmitSampleBytes: this.#loss.sentBytes,
+      queuedRetransmitRatio: this.#queuedLoss.ratio,
+      queuedSampleSegments: this.#queuedLoss.sentSegments,
       mssBytes: this.#mssBytes,
       congestion: this.#congestion,
       lastSampleAtMs: this.#lastSampleAtMs,

@@ -16,7 +16,7 @@ import type { LinkMode } from "./policy.ts";
 export interface HostFacts {
   /** net.ipv4.tcp_available_congestion_control. */
   availableCongestionControl: readonly string[];
-  /** net.ipv4.tcp_congestion_control: what new sockets run, since the agent cannot choose per socket. */
+  /** net.ipv4.tcp_congestion_control: what new sockets run until the agent sets their own. */
   defaultCongestionControl: string;
   /** Largest window one TCP stream can open: half of net.ipv4.tcp_rmem's maximum (the rest is overhead). */
   tcpWindowBytes: number;
@@ -48,7 +48,7 @@ export interface StreamDerivation {
   /** What one stream can carry: its window, and its rate under that loss by Mathis (absent: no limit). */
   perStreamWindowBytes: number;
   perStreamBytesPerSecUnderLoss?: number;
-  /** The congestion control the streams run, which decides whether loss limits them. */
+  /** The congestion control the streams run (the mode's), which decides whether loss limits them. */
   congestionControl: string;
 }
 
@@ -71,7 +71,7 @@ export interface ModeParameters {
   /** How codec "auto" weighs CPU against wire bytes (src/encoding/codec_policy.ts CODEC_BIAS). */
   codecBias: CodecBias;
   tls: boolean;
-  /** What the link's sockets should run; the agent cannot yet set it per socket (see README). */
+  /** What the link's stream sockets run: the agent sets it on each as it connects (see README). */
   congestionControl: "bbr" | "cubic";
   migration: MigrationParameters;
 }
@@ -227,19 +227,17 @@ export function modeParameters(
   const profile = PROFILES[mode];
   const hasBbr = host.availableCongestionControl.includes("bbr");
   const congestionControl = profile.wantsBbr && hasBbr ? "bbr" : "cubic";
-  // Streams run what the host runs (or what their sockets showed), whatever this mode would prefer.
-  const running = m.congestion ?? host.defaultCongestionControl;
   // Datacenter keeps the configured chunk; elsewhere the codec bias's chunk (more context for the codec),
   // halved while the streams the link needs would hold more buffers than the budget.
   let chunkBytes = (mode === "datacenter" ? undefined : CODEC_BIAS[profile.codecBias].chunkBytes) ??
     defaults.chunkBytes;
-  let streams = streamDerivation(profile, m, host, defaults, chunkBytes, running);
+  let streams = streamDerivation(profile, m, host, defaults, chunkBytes, congestionControl);
   const needed = (s: StreamDerivation) => Math.min(profile.maxStreams, Math.max(s.min, s.forBdp, s.forLoss));
   while (
     needed(streams) * chunkBytes > STREAM_BUFFER_BUDGET_BYTES && chunkBytes / 2 >= MIN_BUDGET_CHUNK_BYTES
   ) {
     chunkBytes /= 2;
-    streams = streamDerivation(profile, m, host, defaults, chunkBytes, running);
+    streams = streamDerivation(profile, m, host, defaults, chunkBytes, congestionControl);
   }
   const rttMs = streams.rttMs;
   return {

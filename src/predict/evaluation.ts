@@ -60,6 +60,8 @@ export interface WalkResult {
   /** One per predictor, in the order given. */
   rows: { name: string; totals: Totals }[];
   online: Totals;
+  /** How many of the online choice's scored forecasts each predictor made. */
+  uses: Map<string, number>;
   finalChoice: string;
   switches: number;
 }
@@ -77,14 +79,16 @@ export function walkTrace(
   });
   const rows = predictors.map((p) => ({ name: p.name, totals: new Totals() }));
   const online = new Totals();
+  const uses = new Map<string, number>();
   for (const x of bins) {
     const r = scoring.observe(x);
     if (!r) continue;
     r.forecastsBytesPerSec.forEach((f, i) => rows[i].totals.add(f, r.actualBytesPerSec));
     online.add(r.chosenForecastBytesPerSec, r.actualBytesPerSec);
+    uses.set(r.chosen, (uses.get(r.chosen) ?? 0) + 1);
   }
   const snap = scoring.snapshot();
-  return { rows, online, finalChoice: snap.chosen, switches: snap.switches };
+  return { rows, online, uses, finalChoice: snap.chosen, switches: snap.switches };
 }
 
 /** The row with the best 1 − MAPE; when several clamp to 0, the lower MAE decides. */

@@ -258,10 +258,12 @@ async function trainOne(spec: typeof specs[number], modelSeed: number) {
     const predictors = [...baselinePredictors(), lstmPredictor(forecaster, entry)];
     const pooled = predictors.map(() => new Totals());
     const pooledOnline = new Totals();
+    const onlineUses = new Map<string, number>();
     const perTrace = split.heldOut.map((trace, i) => {
       const r = walkTrace(heldOut[i], predictors, { horizonSteps, ...SCORING_DEFAULTS });
       r.rows.forEach((row, j) => pooled[j].merge(row.totals));
       pooledOnline.merge(r.online);
+      for (const [name, n] of r.uses) onlineUses.set(name, (onlineUses.get(name) ?? 0) + n);
       const best = bestRow(r.rows.slice(0, -1));
       const lstm = r.rows[r.rows.length - 1];
       return {
@@ -294,6 +296,11 @@ async function trainOne(spec: typeof specs[number], modelSeed: number) {
         heldOut: {
           pooled: rows.map((r) => figures(r.name, r.totals)),
           online: figures("online choice", pooledOnline),
+          /** Share of the online choice's scored forecasts each predictor made, most first. */
+          onlineUses: [...onlineUses].sort((a, b) => b[1] - a[1]).map(([name, n]) => ({
+            name,
+            share: round(n / pooledOnline.resolved, 4),
+          })),
           bestBaseline: best.name,
           lstmMinusBestBaselinePoints: round(
             (pooled[pooled.length - 1].accuracy() - best.totals.accuracy()) * 100,
@@ -403,6 +410,9 @@ function markdown(r: typeof report): string {
       "",
       `LSTM minus best baseline (${m.heldOut.bestBaseline}) in 1−MAPE: ${m.heldOut.lstmMinusBestBaselinePoints} ` +
         "points.",
+      `The online choice made its forecasts with: ${
+        m.heldOut.onlineUses.map((u) => `${u.name} ${pct(u.share)}`).join(", ")
+      }.`,
       "",
       "| held-out trace | best baseline 1−MAPE / MAE | LSTM 1−MAPE / MAE | online choice at the end |",
       "| --- | --- | --- | --- |",

@@ -5,6 +5,13 @@
  * (or the lowest MAE, by option: MAPE favours forecasts that err low, because an APE is at most 1 below
  * the actual and unbounded above it; see bench/predict_eval.ts for both on real traces).
  *
+ * A challenger takes over only on a lead that is large and no luck: its rolling error lower by
+ * switchMargin, and lower forecast by forecast in a paired t-test (Diebold-Mariano's test of equal
+ * accuracy, on the errors of the window) at switchT. On volatile links one near-empty bin gives an APE of
+ * 10 or more, so a window's MAPE is often decided by which predictor happened to be closest on a single
+ * bin; without the test the choice follows those accidents (on the held-out cellular traces it then
+ * scored worse than always using the last value; bench/predict_eval.ts shows both).
+ *
  * Steps, not milliseconds: the caller feeds samples at a regular interval (one bin), the same step the
  * predictors' horizons count in. Nothing here reads a clock. The state is a function of the samples fed,
  * so after a restart the agent rebuilds it by replaying the persisted SampleRing.
@@ -27,6 +34,11 @@ export interface ScoringOptions {
    * predictors that score alike do not take turns.
    */
   switchMargin?: number;
+  /**
+   * How clear the lead must be: the paired t statistic of the current choice's errors less the
+   * challenger's, over the window (2: a lead that chance gives about one time in 40).
+   */
+  switchT?: number;
   /** The rolling error that ranks the predictors. */
   metric?: ScoringMetric;
 }
@@ -38,6 +50,7 @@ export const SCORING_DEFAULTS = {
   minResolved: 10,
   historySteps: 120,
   switchMargin: 0.05,
+  switchT: 2,
   metric: "mape" as ScoringMetric,
 };
 
@@ -107,6 +120,11 @@ class ErrorWindow {
     return this.#ae.length;
   }
 
+  /** The window's errors by metric, oldest slot first; windows filled together line up slot by slot. */
+  series(metric: ScoringMetric): number[] {
+    return metric === "mae" ? [...this.#ae] : this.#ape.filter((a): a is number => a !== undefined);
+  }
+
   /** Summed afresh on each call: the window is small, and a running sum would drift. */
   stats(): { mape: number; mapeCount: number; mae: number } {
     let apeSum = 0;
@@ -132,6 +150,7 @@ export class PredictorScoring {
   readonly minResolved: number;
   readonly historySteps: number;
   readonly switchMargin: number;
+  readonly switchT: number;
   readonly metric: ScoringMetric;
   readonly #history: number[] = [];
   readonly #pending: Pending[] = [];
@@ -159,6 +178,10 @@ export class PredictorScoring {
     this.minResolved = o.minResolved;
     this.historySteps = o.historySteps;
     this.switchMargin = o.switchMargin;
+    if (!(o.switchT >= 0 && Number.isFinite(o.switchT))) {
+      throw new RangeError(`switchT = ${o.switchT}; give a t statistic ≥ 0 (2 is the default)`);
+    }
+    this.switchT = o.switchT;
     if (o.metric !== "mape" && o.metric !== "mae") {
       throw new RangeError(`metric = ${o.metric}; give "mape" or "mae"`);
     }
@@ -262,13 +285,28 @@ export class PredictorScoring {
     }
     if (challenger === this.#chosen) return;
     const current = err[this.#chosen];
-    const lowerEnough = err[challenger] < current * (1 - this.switchMargin);
+    const lowerEnough = err[challenger] < current * (1 - this.switchMargin) &&
+      (current === Infinity || this.#clearLead(challenger));
     // An exact tie with an earlier predictor also moves, so ties end on the simpler one.
     const tieToSimpler = err[challenger] === current && challenger < this.#chosen;
     if (lowerEnough || tieToSimpler) {
       this.#chosen = challenger;
       this.#switches++;
     }
+  }
+
+  /** Whether the challenger's errors are lower than the current choice's forecast by forecast, at switchT. */
+  #clearLead(challenger: number): boolean {
+    const current = this.#errors[this.#chosen].series(this.metric);
+    const other = this.#errors[challenger].series(this.metric);
+    const d = current.map((e, i) => e - other[i]);
+    const n = d.length;
+    const mean = d.reduce((s, x) => s + x, 0) / n;
+    if (n < 2) return mean > 0;
+    const variance = d.reduce((s, x) => s + (x - mean) ** 2, 0) / (n - 1);
+    // No spread: the challenger was better (or not) on every forecast alike.
+    if (variance === 0) return mean > 0;
+    return mean / Math.sqrt(variance / n) > this.switchT;
   }
 }
 

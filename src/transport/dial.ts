@@ -44,6 +44,16 @@ export async function dial(
   identity: PeerIdentity,
   observer?: DialObserver,
 ): Promise<PeerConn> {
+  return (await dialPeer(peer, secret, identity, observer)).conn;
+}
+
+/** dial(), also resolving with the peer's identity: its agent id and capabilities, from the handshake. */
+export async function dialPeer(
+  peer: PeerAddress,
+  secret: string,
+  identity: PeerIdentity,
+  observer?: DialObserver,
+): Promise<{ conn: PeerConn; peer: PeerIdentity }> {
   let conn: Deno.TcpConn;
   try {
     conn = await Deno.connect({ hostname: peer.host, port: peer.port });
@@ -56,9 +66,9 @@ export async function dial(
   conn.setNoDelay(true);
   const where = `${peer.host}:${peer.port}`;
   const peerConn = peer.tls ? await startTls(conn, peer.tls, where) : conn;
-  let rttMs = 0;
+  let rttMs = 0, them: PeerIdentity;
   try {
-    const them = await clientHandshake(
+    them = await clientHandshake(
       peer.tls ? peerConn : refusingTlsAnswer(conn, where),
       secret,
       identity,
@@ -76,7 +86,7 @@ export async function dial(
     throw err;
   }
   observer?.connected(peerConn, rttMs);
-  return peerConn;
+  return { conn: peerConn, peer: them };
 }
 
 /** TLS over a connected socket, checking the peer's certificate against the cluster CA and its name. */

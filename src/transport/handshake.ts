@@ -25,6 +25,8 @@ const MAGIC = [0x44, 0x57, 0x43, 0x50]; // "DWCP"
 export interface Capabilities {
   codecs: string[];
   rdma: boolean;
+  /** Answers `rate-probe` connections (wire-format §2.1); absent in agents that predate them. */
+  rateProbe?: boolean;
 }
 
 export interface PeerIdentity {

@@ -90,3 +90,19 @@ export interface CancelMessage {
 export interface CancelledMessage {
   type: "cancelled";
 }
+
+/**
+ * First message on a rate-probe connection (wire-format §2.1): `bytes` bytes follow, which the receiver
+ * reads and drops. Sent only to a peer whose handshake capabilities say `rateProbe`.
+ */
+export interface RateProbeMessage {
+  type: "rate-probe";
+  bytes: number;
+}
+
+/** The receiver's answer once it read them all: the count, and its first to last byte in ms. */
+export interface RateProbedMessage {
+  type: "rate-probed";
+  bytes: number;
+  receiveMs: number;
+}

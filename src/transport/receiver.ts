@@ -1,9 +1,9 @@
 /**
  * AMST receiving side: the data-port server. Each connection authenticates, then either opens a
- * transfer (control connection), attaches to one as a stream, or starts an exchange that another part
- * of the agent registered (a migration's preparation). Stream readers verify each chunk's checksum and
- * hand it to the transfer's sink (a file, or a live stream such as a QEMU incoming socket), which
- * acknowledges it once stored or delivered. Any failure before commit drops what was received.
+ * transfer (control connection), attaches to one as a stream, sends a rate probe (rate_probe.ts), or
+ * starts an exchange that another part of the agent registered (a migration's preparation). Stream
+ * readers verify each chunk's checksum and hand it to the transfer's sink (a file, or a live stream such
+ * as a QEMU incoming socket), which acknowledges it once stored or delivered. Any failure before commit drops what was received.
  */
 import { codecName, xxh3Into } from "../../ffi/codec.ts";
 import { CODEC_SETTINGS } from "../encoding/codec_policy.ts";
@@ -24,7 +24,14 @@ import {
 } from "./frame.ts";
 import { type PeerIdentity, serverHandshake } from "./handshake.ts";
 import type { DataConn, DataListener } from "./tls.ts";
-import type { AcceptedMessage, AttachMessage, CommitMessage, OpenMessage } from "./messages.ts";
+import type {
+  AcceptedMessage,
+  AttachMessage,
+  CommitMessage,
+  OpenMessage,
+  RateProbeMessage,
+} from "./messages.ts";
+import { answerRateProbe } from "./rate_probe.ts";
 import {
   closeQuietly,
   ConnectionClosed,
@@ -67,8 +74,11 @@ export interface ReceiverOptions {
   fsync: boolean;
   sinks: SinkRegistry;
   exchanges: Record<string, ExchangeHandler>;
-  /** Called for each accepted incoming transfer, so the agent can list and show it. */
-  onIncoming(progress: TransferProgress): void;
+  /**
+   * Called for each accepted incoming transfer, so the agent can list and show it. from: the sender as its
+   * handshake named itself (the secret proves it is an agent of the cluster, not which one).
+   */
+  onIncoming(progress: TransferProgress, from: PeerIdentity): void;
   log(msg: string, fields?: Record<string, unknown>): void;
 }
 
@@ -296,10 +306,11 @@ export class DataServer {
       } finally {
         clearTimeout(timer);
       }
-      const first = await receiveMessage<OpenMessage | AttachMessage>(conn);
+      const first = await receiveMessage<OpenMessage | AttachMessage | RateProbeMessage>(conn);
       const exchange = this.opts.exchanges[first.type];
-      if (first.type === "open") await this.#control(conn, first, `${peer.agentId}@${remote.hostname}`);
+      if (first.type === "open") await this.#control(conn, first, peer, remote.hostname);
       else if (first.type === "attach") await this.#stream(conn, first);
+      else if (first.type === "rate-probe") await answerRateProbe(conn, first);
       else if (exchange) await exchange(conn, first, peer);
       else {throw new RefusedError(
           "protocol",
@@ -338,7 +349,7 @@ export class DataServer {
     return await FileSink.create(finalPath, open.transferId, t.sizeBytes, open.chunkBytes, this.opts.fsync);
   }
 
-  async #control(conn: DataConn, open: OpenMessage, peer: string): Promise<void> {
+  async #control(conn: DataConn, open: OpenMessage, peer: PeerIdentity, host: string): Promise<void> {
     validateOpen(open);
     if (this.#active.size >= LIMITS.maxTransfers) {
       throw new RefusedError(
@@ -357,9 +368,9 @@ export class DataServer {
       delta?.close();
       throw err;
     }
-    const t = new IncomingTransfer(open, peer, sink, delta);
+    const t = new IncomingTransfer(open, `${peer.agentId}@${host}`, sink, delta);
     this.#active.set(open.transferId, t);
-    this.opts.onIncoming(t.progress);
+    this.opts.onIncoming(t.progress, peer);
     t.progress.setState("running");
     try {
       await sendMessage(

@@ -70,6 +70,8 @@ Deno.test("GET /v1/peers lists the configured peers, unmeasured at first", () =>
     ]);
     assert.equal(peers[0].mode.reason, "no measurements yet");
     assert.equal(peers[0].probe.intervalMs, PROBE_INTERVAL_MS);
+    assert.equal(peers[0].probe.lastRateBytesPerSec, null);
+    assert.deepEqual(peers[0].received, { latestBytesPerSec: null, at: null, transfersRunning: 0 });
   }));
 
 Deno.test("GET /v1/peers/:id shows the measurements, the mode, why, and its parameters", () =>

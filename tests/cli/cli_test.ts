@@ -71,6 +71,23 @@ Deno.test("dwcp send/status/info against two real agents", async (t) => {
       assert.match(r.stderr, /^error exists: .*copy\.bin.*already exists/m);
     });
 
+    await t.step(
+      "migrate's --postcopy, --multifd and --dedupe reach the agent, which checks them",
+      async () => {
+        const cases: [string[], RegExp][] = [
+          [["--postcopy", "--multifd", "2"], /cannot combine postcopy with multifd/],
+          [["--dedupe", "--multifd", "2"], /multifd carries the pages outside the channel dedupe reads/],
+          // Valid flags get as far as the VM lookup.
+          [["--postcopy", "--no-dedupe"], /not_found: .*no-such-vm/],
+        ];
+        for (const [flags, message] of cases) {
+          const r = await runCli("migrate", "no-such-vm", "--to", B.dataAddr, ...flags, "--api", A.apiUrl);
+          assert.equal(r.code, 1, r.stderr);
+          assert.match(r.stderr, message, flags.join(" "));
+        }
+      },
+    );
+
     await t.step("Ctrl-C while waiting cancels the transfer and exits 130", async () => {
       const proxy = new StallingProxy(B.dataAddr, 2 * 1024 * 1024);
       try {

@@ -220,6 +220,8 @@ Deno.test("CLI usage errors exit 2 and point at --help; --help exits 0", async (
     [["migrate", "--to", "b"], /give exactly one VM to migrate \(got 0\)/],
     [["migrate", "demo", "--to", "b", "--streams", "0"], /--streams "0" must be a whole number 1\.\.64/],
     [["migrate", "demo", "--to", "b", "--max-rate", "0.5"], /--max-rate "0\.5" must be a number of MB\/s/],
+    [["migrate", "demo", "--to", "b", "--multifd", "99"], /--multifd "99" must be a whole number 0\.\./],
+    [["migrate", "demo", "--to", "b", "--dedupe", "--no-dedupe"], /--dedupe or --no-dedupe, not both/],
     [["vm", "start", "demo"], /dwcp vm: --kernel FILE is required/],
     [
       ["vm", "start", "demo", "--kernel", "k", "--memory", "12"],

@@ -1,7 +1,10 @@
-/** ffi/tcp_info.ts against real loopback TCP connections (IPv4 and IPv6) through the kernel's sock_diag. */
+/**
+ * ffi/tcp_info.ts against real loopback TCP connections (IPv4 and IPv6) through the kernel's sock_diag,
+ * reading TCP_INFO and setting the congestion control.
+ */
 import assert from "node:assert/strict";
 import { ShimError } from "../../ffi/library.ts";
-import { tcpInfo } from "../../ffi/tcp_info.ts";
+import { setCongestionControl, tcpInfo } from "../../ffi/tcp_info.ts";
 
 const TCP_ESTABLISHED = 1;
 
@@ -41,6 +44,9 @@ async function send(from: Deno.TcpConn, to: Deno.TcpConn, bytes: number): Promis
   await reading;
 }
 
+const readDefault = () => Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_congestion_control").trim();
+const available = Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_available_congestion_control").split(/\s+/);
+
 const hasIpv6Loopback = (() => {
   try {
     Deno.listen({ hostname: "::1", port: 0 }).close();
@@ -60,9 +66,6 @@ Deno.test("tcpInfo of a loopback connection: established, with a round-trip time
     assert.ok(info.minRttUs !== undefined && info.minRttUs > 0, `minRttUs = ${info.minRttUs}`);
     assert.ok(info.sndCwndSegments !== undefined && info.sndCwndSegments > 0);
     assert.ok(info.sndMssBytes !== undefined && info.sndMssBytes > 0);
-    const available = Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_available_congestion_control").split(
-      /\s+/,
-    );
     assert.ok(info.congestion && available.includes(info.congestion), `congestion = ${info.congestion}`);
   }));
 
@@ -124,4 +127,43 @@ Deno.test("tcpInfo rejects addresses that are not IP, naming them", () => {
     remoteAddr: bad.remoteAddr,
   };
   assert.throws(() => tcpInfo(unix), /localAddr is a unix address; TCP_INFO exists only for TCP connections/);
+});
+
+Deno.test({
+  name: "setCongestionControl switches a connection's algorithm, and TCP_INFO reads it back",
+  // Root may pick any available algorithm, others only net.ipv4.tcp_allowed_congestion_control's.
+  ignore: !available.includes("bbr") || !available.includes("cubic") || Deno.uid() !== 0,
+  fn: () =>
+    withPair("127.0.0.1", async (client, server) => {
+      assert.equal(setCongestionControl(client, "cubic"), true);
+      assert.equal(tcpInfo(client)!.congestion, "cubic");
+      await send(client, server, 100_000); // it carries data under either
+      assert.equal(setCongestionControl(client, "bbr"), true);
+      assert.equal(tcpInfo(client)!.congestion, "bbr");
+      assert.equal(tcpInfo(server)!.congestion, readDefault(), "only the socket asked for changes");
+      await send(client, server, 100_000);
+    }),
+});
+
+Deno.test("setCongestionControl of an algorithm the kernel lacks names it and the fix", () =>
+  withPair("127.0.0.1", async (client) => {
+    await Promise.resolve();
+    assert.throws(() => setCongestionControl(client, "nosuch"), (err: unknown) => {
+      assert.ok(err instanceof ShimError);
+      assert.equal(err.status, -5);
+      assert.match(err.message, /congestion control "nosuch" is not available in this kernel/);
+      assert.match(err.message, /modprobe tcp_nosuch/);
+      return true;
+    });
+    assert.equal(tcpInfo(client)!.congestion, readDefault(), "the socket keeps what it ran");
+    assert.throws(() => setCongestionControl(client, ""), /congestion control "" is not a name of 1\.\.15/);
+  }));
+
+Deno.test("setCongestionControl of a closed connection is false", async () => {
+  let endpoints: { localAddr: Deno.Addr; remoteAddr: Deno.Addr } | undefined;
+  await withPair("127.0.0.1", async (client) => {
+    endpoints = { localAddr: client.localAddr, remoteAddr: client.remoteAddr };
+    await Promise.resolve();
+  });
+  assert.equal(setCongestionControl(endpoints!, "cubic"), false);
 });

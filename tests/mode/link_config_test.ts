@@ -21,9 +21,10 @@ async function configError(content: unknown): Promise<string> {
   return err.message;
 }
 
-Deno.test("link defaults: probes every 10 s, a 60 s dwell, 10 s to confirm, no pins", async () => {
+Deno.test("link defaults: probes every 10 s, rate probes every 5 min, a 60 s dwell, 10 s to confirm, no pins", async () => {
   assert.deepEqual((await load({})).link, {
     probeIntervalMs: 10_000,
+    rateProbeIntervalMs: 300_000,
     minDwellMs: 60_000,
     confirmMs: 10_000,
     pins: {},
@@ -50,4 +51,14 @@ Deno.test("a pin for an unknown peer, or to an unknown mode, stops the agent nam
     /link\.pins\.10\.0\.0\.3:7701 = "wan"/,
   );
   assert.match(await configError({ link: { probeIntervalMs: 5 } }), /link\.probeIntervalMs = 5/);
+});
+
+Deno.test("rate probes: 0 turns them off; an interval under the 1 s tick is refused, naming the value and the fix", async () => {
+  assert.equal((await load({ link: { rateProbeIntervalMs: 0 } })).link.rateProbeIntervalMs, 0);
+  assert.equal((await load({ link: { rateProbeIntervalMs: 1000 } })).link.rateProbeIntervalMs, 1000);
+  assert.match(
+    await configError({ link: { rateProbeIntervalMs: 500 } }),
+    /link\.rateProbeIntervalMs = 500: give 0 \(no rate probes: rates come from transfers only\) or at least 1000 ms/,
+  );
+  assert.match(await configError({ link: { rateProbeIntervalMs: -1 } }), /link\.rateProbeIntervalMs = -1/);
 });

@@ -2,7 +2,7 @@
  * For the link tests: a peer's data port on loopback (the real server handshake, then a sink), and
  * PeerLinks with real probes and TCP_INFO on a clock the test moves.
  */
-import { tcpInfo } from "../../ffi/tcp_info.ts";
+import { setCongestionControl, tcpInfo } from "../../ffi/tcp_info.ts";
 import { splitHostPort } from "../../src/agent/config.ts";
 import { dialProbe, PeerLinks, type PeerLinksDeps, readHostFacts } from "../../src/mode/links.ts";
 import { serverHandshake } from "../../src/transport/handshake.ts";
@@ -84,6 +84,7 @@ export function harness(peers: Record<string, string>, overrides: Partial<PeerLi
     defaults: { streams: 4, chunkBytes: 1024 * 1024, windowChunks: 4 },
     probe: dialProbe(SECRET, ME, tcpInfo, (peer) => splitHostPort(peers[peer] ?? peer)),
     tcpInfo,
+    setCongestion: setCongestionControl,
     now: () => clock.ms,
     every: () => () => {},
     log: (msg, fields) => logs.push({ msg, fields }),

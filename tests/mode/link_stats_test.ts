@@ -34,6 +34,7 @@ Deno.test("nothing measured: only the zero counts", () => {
     rttSamples: 0,
     retransmitSampleSegments: 0,
     retransmitSampleBytes: 0,
+    queuedSampleSegments: 0,
   });
 });
 
@@ -113,6 +114,23 @@ Deno.test("TCP_INFO: a key that comes back with fewer segments is a new socket, 
   s.socketClosed("a");
   s.addTcpInfo(2000, "a", info(1, 0));
   assert.equal(s.measurements(2000).retransmitSampleBytes, 36 * MiB);
+});
+
+Deno.test("TCP_INFO: losses while the socket keeps 3 or more segments queued are congestion, apart", () => {
+  const s = new LinkStats();
+  // 30 segments in flight over a 10 ms path: at an 11 ms round trip 2.7 are queued (path loss), at
+  // 12 ms 5 are (the socket's own queue).
+  const at = (rttUs: number) => ({ minRttUs: 10_000, sndCwndSegments: 30, rttUs });
+  s.addTcpInfo(0, "a", info(10, 10, 11_000, at(11_000)));
+  s.addTcpInfo(1000, "a", info(20, 110, 12_000, at(12_000)));
+  const m = s.measurements(1000);
+  assert.equal(m.retransmitRatio, 10 / (10 * 1024));
+  assert.equal(m.retransmitSampleSegments, 10 * 1024);
+  assert.equal(m.queuedRetransmitRatio, 100 / (10 * 1024));
+  assert.equal(m.queuedSampleSegments, 10 * 1024);
+  // Without a window or a minimum round trip the interval cannot be classified: it counts as the path's.
+  s.addTcpInfo(2000, "b", info(10, 10, 12_000, { minRttUs: undefined }));
+  assert.equal(s.measurements(2000).retransmitRatio, 20 / (20 * 1024));
 });
 
 Deno.test("TCP_INFO from kernels without byte counters: segments times the MSS measure the window", () => {

@@ -7,9 +7,12 @@ import { LinkStats } from "../../src/mode/link_stats.ts";
 import { type LinkMode, ModePolicy } from "../../src/mode/policy.ts";
 
 export interface Link {
+  /** The path's own round trip. */
   rttMs: number;
   lossRatio: number;
   bytesPerSec: number;
+  /** Delay of the standing queue a busy transfer keeps at the bottleneck (0 when it keeps none). */
+  queueingMs?: number;
 }
 
 export const LAN: Link = { rttMs: 0.2, lossRatio: 0, bytesPerSec: 1.25e9 };
@@ -40,10 +43,13 @@ export function simulate(phases: Phase[], pins: Pins = {}, policy = new ModePoli
       if (phase.busy) {
         sent += link.bytesPerSec;
         retrans += link.bytesPerSec * link.lossRatio;
+        const rttMs = link.rttMs + (link.queueingMs ?? 0);
         stats.addTcpInfo(now, "stream", {
           state: 1,
-          rttUs: link.rttMs * 1000,
+          rttUs: rttMs * 1000,
           minRttUs: link.rttMs * 1000,
+          // The window that keeps the link busy: its rate over the round trip it sees.
+          sndCwndSegments: Math.ceil((link.bytesPerSec * rttMs) / 1000 / MSS),
           sndMssBytes: MSS,
           bytesSent: sent,
           bytesRetrans: retrans,

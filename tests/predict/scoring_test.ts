@@ -138,6 +138,21 @@ Deno.test("a challenger within the switch margin does not take over; beyond it, 
   assert.equal(eager.best().name, "slightly-better");
 });
 
+Deno.test("a lead won on one near-empty bin is luck, not accuracy: the t-test keeps the choice", () => {
+  // 59 bins of 100, then one of 1. "steady" is exact until the dip (APE 99 there); "low" is 40 % off on
+  // every bin but less off on the dip (APE 59): its MAPE is lower (1.38 vs 1.65), on one bin alone.
+  const series = [...Array(60).fill(100), 1];
+  const predictors = () => [constant("steady", 100), constant("low", 60)];
+  const tested = new PredictorScoring(predictors(), { horizonSteps: 1 });
+  const untested = new PredictorScoring(predictors(), { horizonSteps: 1, switchT: 0 });
+  feed(tested, series);
+  feed(untested, series);
+  const mape = Object.fromEntries(tested.scores().map((s) => [s.name, s.mape]));
+  assert.ok(mape.low < mape.steady * 0.95, JSON.stringify(mape));
+  assert.equal(tested.best().name, "steady");
+  assert.equal(untested.best().name, "low");
+});
+
 Deno.test("MAPE rewards forecasting low where MAE does not: the metric is an option", () => {
   // Actuals alternate 1 and 100. "zero" has APE 1 always (MAPE 1) but MAE 50.5; "middle" has
   // MAPE ≈ 25 (49.5 on the small ones) but MAE 49.5.
@@ -180,6 +195,7 @@ Deno.test("bad options and samples are refused with the value named", () => {
   assert.throws(() => new PredictorScoring(ps, { horizonSteps: 1, minResolved: 100 }), /minResolved = 100/);
   assert.throws(() => new PredictorScoring(ps, { horizonSteps: 1, defaultPredictor: "lstm" }), /lstm/);
   assert.throws(() => new PredictorScoring(ps, { horizonSteps: 1, switchMargin: 1 }), /switchMargin = 1/);
+  assert.throws(() => new PredictorScoring(ps, { horizonSteps: 1, switchT: -1 }), /switchT = -1/);
   const scoring = new PredictorScoring(ps, { horizonSteps: 1 });
   assert.throws(() => scoring.observe(-5), /bytesPerSec = -5/);
   assert.throws(() => scoring.observe(Infinity), /bytesPerSec = Infinity/);

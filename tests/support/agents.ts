@@ -20,6 +20,10 @@ export interface AgentOptions {
   peers?: Record<string, string>;
   /** The config file's "tls" section: mode, cert, key, ca, peers. */
   tls?: Record<string, unknown>;
+  /** The config file's "link" section: probe intervals, dwell, pins. */
+  link?: Record<string, unknown>;
+  /** The data port's HOST:PORT; one the OS picks when omitted. */
+  dataListen?: string;
   env?: Record<string, string>;
 }
 
@@ -107,11 +111,16 @@ export async function startAgent(opts: AgentOptions): Promise<TestAgent> {
   const config = `${stateDir}/config.json`;
   await Deno.writeTextFile(
     config,
-    JSON.stringify({ transfer: opts.transfer ?? {}, peers: opts.peers ?? {}, tls: opts.tls ?? {} }),
+    JSON.stringify({
+      transfer: opts.transfer ?? {},
+      peers: opts.peers ?? {},
+      tls: opts.tls ?? {},
+      link: opts.link ?? {},
+    }),
   );
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-all", MAIN, "agent", "--config", config, "--id", opts.id, "--api", "127.0.0.1:0"]
-      .concat(["--data", "127.0.0.1:0", "--state-dir", stateDir, "--root", root])
+      .concat(["--data", opts.dataListen ?? "127.0.0.1:0", "--state-dir", stateDir, "--root", root])
       .concat((opts.extraRoots ?? []).flatMap((r) => ["--root", r])),
     env: { DWCP_SECRET: opts.secret ?? TEST_SECRET, NO_COLOR: "1", ...opts.env },
     stdout: "piped",

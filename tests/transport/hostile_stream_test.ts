@@ -226,6 +226,8 @@ Deno.test("hostile: authenticated peer sends random and malformed control messag
       { type: "attach", transferId: crypto.randomUUID(), stream: 0 },
       { type: "attach", transferId: crypto.randomUUID(), stream: -1 },
       { type: "commit", chunks: 1, bytes: 1, digest: "00" },
+      { type: "rate-probe", bytes: 2 ** 40 },
+      { type: "rate-probe", bytes: 16 * MiB }, // then the connection ends: the server drops the probe
       { type: 42 },
       [1, 2, 3],
       "just a string",
