@@ -216,15 +216,21 @@ interface IperfResult {
 interface ModeAt {
   mode: string | null;
   reason: string;
+  /** The peer's retransmit ratios: the path's, and those under a standing queue (left out of the mode). */
+  retransmitRatio?: number;
+  queuedRetransmitRatio?: number;
 }
 
 async function modeNow(a: WanAgent): Promise<ModeAt> {
   const view = await peerView(a, "b");
-  return { mode: view.mode.current, reason: view.mode.reason };
+  const { retransmitRatio, queuedRetransmitRatio } = view.measurements;
+  return { mode: view.mode.current, reason: view.mode.reason, retransmitRatio, queuedRetransmitRatio };
 }
 
 interface TransferResult {
   modeAtStart: ModeAt;
+  /** The mode once the transfer's own traffic has had the policy's confirmation time to move it. */
+  modeAfter: ModeAt;
   payloadBytes: number;
   wireBytes: number;
   wallMs: number;
@@ -326,8 +332,10 @@ async function transferImage(cluster: WanCluster, image: string): Promise<Transf
     throw new Error(`image transfer ${snap.state}: ${JSON.stringify(snap.error)}`);
   }
   await Deno.remove(join(b.root, "image.bin")).catch(() => {});
+  await sleep(LINK_SETTINGS.confirmMs + 1000);
   return {
     modeAtStart,
+    modeAfter: await modeNow(a),
     payloadBytes: snap.sizeBytes,
     wireBytes: snap.wireBytes,
     wallMs,
@@ -680,6 +688,12 @@ function modeCell(m: ModeAt): string {
   return m.reason.startsWith("first measurement") ? String(m.mode) : `${m.mode} (${m.reason})`;
 }
 
+/** The mode with the loss the link showed: the path's, and in parentheses what a standing queue dropped. */
+function lossCell(m: ModeAt): string {
+  const pct = (r: number | undefined) => r === undefined ? "-" : `${(r * 100).toFixed(3)} %`;
+  return `${modeCell(m)}; retransmits ${pct(m.retransmitRatio)} (${pct(m.queuedRetransmitRatio)})`;
+}
+
 function migrationCell(m: MigrationResult | undefined, pick: (m: MigrationResult) => string): string {
   if (!m) return "-";
   return m.finished ? pick(m) : "did not finish";
@@ -731,6 +745,10 @@ function table(r: ProfileResult): string {
           : "-",
       ],
       ["  mode at its start", t ? modeCell(t.modeAtStart) : "-"],
+      [
+        `  mode ${(LINK_SETTINGS.confirmMs + 1000) / 1000} s after it, loss (queued)`,
+        t ? lossCell(t.modeAfter) : "-",
+      ],
       ["  payload / link rate", times(j.overLink)],
       ["  payload / iperf3 1 stream", times(j.overIperf1)],
     );

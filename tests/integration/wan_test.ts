@@ -7,8 +7,10 @@
  * switch is seen within the test; waits are on conditions, never on time limits.
  */
 import assert from "node:assert/strict";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { sha256File, waitForTransfer, writeRandomFile } from "../support/agents.ts";
+import { guestAppend, guestImage } from "../support/guest_image.ts";
+import { HeartbeatMonitor } from "../support/heartbeat.ts";
 import { LinkEmulator, type ProfileName } from "../support/link_emulator.ts";
 import {
   peerView,
@@ -94,6 +96,16 @@ Deno.test(
           assert.equal(started.streams.length, view.parameters!.streams.count);
           lanStreams = started.streams.length;
         }
+        if (profile === "lan" || profile === "metro") {
+          // A transfer that fills the link overflows the bottleneck's queue: those drops are its own, so
+          // once the policy had time to act on them (confirmMs), the mode is still the link's.
+          const started = await sendIntact(a, b, `${profile}-fill.bin`, 256 * MiB);
+          await new Promise((r) => setTimeout(r, LINK_SETTINGS.confirmMs + 1000));
+          const after = await peerView(a, "b");
+          assert.equal(after.mode.current, EXPECTED_MODE[profile], after.mode.reason);
+          assert.equal(after.mode.candidate, null, JSON.stringify(after.measurements));
+          assert.ok(started.streams.length > 1, "several streams, so the queue overflows");
+        }
         if (profile === "intercontinental") {
           assert.equal(view.parameters!.codecBias, "internet");
           // Internet: no codec asked, so "auto" with the internet bias, and the streams the link needs.
@@ -174,5 +186,56 @@ Deno.test(
       );
     }
     assert.notEqual((await peerView(a, "b")).mode.current, null);
+  },
+);
+
+Deno.test(
+  { name: "a migration over the cellular link retunes QEMU from the bandwidth forecast", ...opts },
+  async () => {
+    const image = await guestImage();
+    await using cluster = await WanCluster.start({
+      profile: "cellular",
+      link: LINK_SETTINGS,
+      extraRoots: [dirname(image.kernel)],
+    });
+    const [a, b] = cluster.agents;
+    assert.equal((await waitForModeDecided(a, "b")).mode.current, "internet");
+    const vm = await a.json<{ serialSocket: string }>("/v1/vms", {
+      method: "POST",
+      body: JSON.stringify({
+        name: "cell",
+        memoryMiB: 256,
+        vcpus: 1,
+        kernel: image.kernel,
+        initrd: image.initrd,
+        cmdline: guestAppend({ memMib: 64, dirtyMibps: 1 }),
+        accelerator: "tcg",
+      }),
+    });
+    assert.equal(vm.status, 201, JSON.stringify(vm.body));
+    const hb = await HeartbeatMonitor.follow(vm.body.serialSocket);
+    try {
+      await hb.waitForReady();
+    } finally {
+      await hb.close();
+    }
+    const started = await a.json<{ id: string }>("/v1/migrations", {
+      method: "POST",
+      body: JSON.stringify({ vm: "cell", peer: "b" }),
+    });
+    assert.equal(started.status, 201, JSON.stringify(started.body));
+    let m: { phase: string; events: { message: string }[]; error?: unknown };
+    while (true) {
+      m = (await a.json<typeof m>(`/v1/migrations/${started.body.id}`)).body;
+      if (["completed", "failed", "cancelled"].includes(m.phase)) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(m.phase, "completed", JSON.stringify(m.error));
+    // Once a second of the migration's own traffic made a history, the forecast set QEMU's limits:
+    // "internet link, last forecast: forecast 9.1 vs QEMU's 8.7 Mbit/s: downtime-limit ..., max-bandwidth ...".
+    const tuned = m.events.filter((e) => / forecast: forecast [\d.]+/.test(e.message));
+    assert.ok(tuned.length > 0, JSON.stringify(m.events.map((e) => e.message)));
+    assert.match(tuned[0].message, /^internet link, \S+ forecast: .*downtime-limit \d+ ms/);
+    assert.equal((await b.json<{ vms: { name: string }[] }>("/v1/vms")).body.vms[0]?.name, "cell");
   },
 );

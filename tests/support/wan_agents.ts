@@ -421,7 +421,12 @@ export class WanCluster {
 export interface PeerView {
   id: string;
   mode: { current: string | null; reason: string; candidate: { mode: string } | null };
-  measurements: { minRttMs?: number; smoothedRttMs?: number; retransmitRatio?: number };
+  measurements: {
+    minRttMs?: number;
+    smoothedRttMs?: number;
+    retransmitRatio?: number;
+    queuedRetransmitRatio?: number;
+  };
   parameters: {
     mode: string;
     streams: { count: number; forBdp: number; forLoss: number; rttMs: number; congestionControl: string };
