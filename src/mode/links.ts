@@ -26,6 +26,8 @@ import type { Forecast, ForecastBook, PeerForecastView } from "../predict/peer_f
 const SAMPLE_INTERVAL_MS = 1000;
 /** The kernel's TCP state of an open connection (include/net/tcp_states.h). */
 const TCP_ESTABLISHED = 1;
+/** The forecast a transfer's streams are counted for: the next 10 s, the span of a transfer or a pass. */
+const STREAMS_FORECAST_HORIZON_STEPS = 10;
 /** Peers named only by HOST:PORT in requests that are tracked; the least recently used goes first. */
 const MAX_UNNAMED_PEERS = 64;
 /**
@@ -496,7 +498,14 @@ export class PeerLinks implements LinkHooks {
   #parameters(p: Peer): ModeParameters | undefined {
     const mode = p.policy.state.mode;
     if (mode === undefined) return undefined;
-    return modeParameters(mode, p.stats.measurements(this.deps.now()), this.deps.host, this.deps.defaults);
+    const forecast = this.deps.forecasts?.forecast(p.id, STREAMS_FORECAST_HORIZON_STEPS)?.bytesPerSec;
+    return modeParameters(
+      mode,
+      p.stats.measurements(this.deps.now()),
+      this.deps.host,
+      this.deps.defaults,
+      Number.isFinite(forecast) ? forecast : undefined,
+    );
   }
 
   #view(p: Peer): PeerView {

@@ -39,8 +39,13 @@ export interface StreamDerivation {
   /** The mode's floor and ceiling on the count. */
   min: number;
   max: number;
-  /** The rate to fill: the most a transfer delivered, or the mode's assumption if that is higher. */
+  /**
+   * The rate to fill: the link's bandwidth forecast (PBA) where the peer has a history, else the most a
+   * transfer delivered lately; the mode's assumption if that is higher.
+   */
   linkBytesPerSec: number;
+  /** The forecast it came from, when there was one. */
+  forecastBytesPerSec?: number;
   /** TCP's smoothed round trip, else the least measured, else the mode's assumption. */
   rttMs: number;
   /** Measured when the sample allows (5 retransmissions expected at 0.1 %), else the mode's assumption. */
@@ -178,8 +183,14 @@ function streamDerivation(
   defaults: TransferDefaults,
   chunkBytes: number,
   congestionControl: string,
+  forecastBytesPerSec: number | undefined,
 ): StreamDerivation {
-  const linkBytesPerSec = Math.max(m.maxDeliveredBytesPerSec ?? 0, profile.assumedBytesPerSec);
+  // The forecast says what the next seconds carry, where the most delivered lately only says what the
+  // link once did; the assumption stays a floor, so a slow start cannot talk the count down.
+  const linkBytesPerSec = Math.max(
+    forecastBytesPerSec ?? m.maxDeliveredBytesPerSec ?? 0,
+    profile.assumedBytesPerSec,
+  );
   const rttMs = m.smoothedRttMs ?? m.minRttMs ?? profile.assumedRttMs;
   const mss = m.mssBytes ?? DEFAULT_MSS_BYTES;
   const lossJudged = m.retransmitRatio !== undefined &&
@@ -214,16 +225,29 @@ function streamDerivation(
     perStreamWindowBytes,
     perStreamBytesPerSecUnderLoss,
     congestionControl,
+    forecastBytesPerSec,
   };
 }
 
-/** The settings for a link in mode, given what it measured and this host. */
+/**
+ * The settings for a link in mode, given what it measured, this host, and the link's bandwidth forecast
+ * (bytes/s over the next seconds; from src/predict/, absent without a history). The forecast sets the rate
+ * the streams are counted for and, through it, where a transfer's codec policy starts.
+ */
 export function modeParameters(
   mode: LinkMode,
   m: LinkMeasurements,
   host: HostFacts,
   defaults: TransferDefaults,
+  forecastBytesPerSec?: number,
 ): ModeParameters {
+  if (
+    forecastBytesPerSec !== undefined && !(forecastBytesPerSec >= 0 && Number.isFinite(forecastBytesPerSec))
+  ) {
+    throw new RangeError(
+      `forecastBytesPerSec = ${forecastBytesPerSec}: a forecast is a finite rate, 0 or more`,
+    );
+  }
   const profile = PROFILES[mode];
   const hasBbr = host.availableCongestionControl.includes("bbr");
   const congestionControl = profile.wantsBbr && hasBbr ? "bbr" : "cubic";
@@ -231,13 +255,29 @@ export function modeParameters(
   // halved while the streams the link needs would hold more buffers than the budget.
   let chunkBytes = (mode === "datacenter" ? undefined : CODEC_BIAS[profile.codecBias].chunkBytes) ??
     defaults.chunkBytes;
-  let streams = streamDerivation(profile, m, host, defaults, chunkBytes, congestionControl);
+  let streams = streamDerivation(
+    profile,
+    m,
+    host,
+    defaults,
+    chunkBytes,
+    congestionControl,
+    forecastBytesPerSec,
+  );
   const needed = (s: StreamDerivation) => Math.min(profile.maxStreams, Math.max(s.min, s.forBdp, s.forLoss));
   while (
     needed(streams) * chunkBytes > STREAM_BUFFER_BUDGET_BYTES && chunkBytes / 2 >= MIN_BUDGET_CHUNK_BYTES
   ) {
     chunkBytes /= 2;
-    streams = streamDerivation(profile, m, host, defaults, chunkBytes, congestionControl);
+    streams = streamDerivation(
+      profile,
+      m,
+      host,
+      defaults,
+      chunkBytes,
+      congestionControl,
+      forecastBytesPerSec,
+    );
   }
   const rttMs = streams.rttMs;
   return {

@@ -297,6 +297,16 @@ Deno.test("the streams are derived for the mode's congestion control, which the 
   assert.equal(p.streams.congestionControl, p.congestionControl);
 });
 
+Deno.test("a peer's parameters count its streams for its 10 s bandwidth forecast", () => {
+  const forecasts = new ForecastBook();
+  const { links } = harness({ b: closedAddress() }, { pins: { b: "internet" }, forecasts });
+  assert.equal(links.parametersFor("b")!.streams.forecastBytesPerSec, undefined, "no history yet");
+  for (let s = 0; s < 30; s++) forecasts.observe("b", s * 1000, 200e6);
+  const p = links.parametersFor("b")!;
+  assert.equal(p.streams.forecastBytesPerSec, forecasts.forecast("b", 10)!.bytesPerSec);
+  assert.equal(p.streams.linkBytesPerSec, 200e6);
+});
+
 const MiB = 1024 * 1024;
 const RATE_INTERVAL_MS = 60_000;
 /** Round-trip probes that answer at once: the rate probes' scheduling is the subject, without IO. */

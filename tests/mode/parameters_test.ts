@@ -111,6 +111,23 @@ Deno.test("a fast long link needs streams for its bandwidth-delay product", () =
   assert.equal(small.streams.forBdp, 2);
 });
 
+Deno.test("the forecast is the rate the streams fill; the mode's assumption stays the floor", () => {
+  // 1 Gbit/s measured once at 50 ms; the forecast says the next seconds carry 2 Gbit/s: twice the streams
+  // for the bandwidth-delay product. A forecast under the internet assumption (100 Mbit/s) changes nothing.
+  const m = measured(50, 50, 0, 125e6);
+  const plain = modeParameters("internet", m, host("bbr"), DEFAULTS).streams;
+  const fast = modeParameters("internet", m, host("bbr"), DEFAULTS, 250e6).streams;
+  assert.equal(plain.linkBytesPerSec, 125e6);
+  assert.equal(plain.forecastBytesPerSec, undefined);
+  assert.equal(fast.linkBytesPerSec, 250e6);
+  assert.equal(fast.forecastBytesPerSec, 250e6);
+  assert.equal(fast.forBdp, Math.ceil((250e6 * 0.05) / fast.perStreamWindowBytes));
+  assert.ok(fast.forBdp > plain.forBdp, `${fast.forBdp} vs ${plain.forBdp}`);
+  const slow = modeParameters("internet", m, host("bbr"), DEFAULTS, 1e6).streams;
+  assert.equal(slow.linkBytesPerSec, 12.5e6);
+  assert.throws(() => modeParameters("internet", m, host("bbr"), DEFAULTS, NaN), /forecastBytesPerSec = NaN/);
+});
+
 Deno.test("chunks shrink before the streams' buffers pass the budget; the mode's ceiling caps the count", () => {
   const p = modeParameters(...PROFILES.intercontinental, host("cubic", NO_BBR), DEFAULTS);
   assert.equal(p.streams.max, 64);
