@@ -36,7 +36,7 @@ the migration (the guest keeps running here), unless it is already switching ove
                          on PEER and fetches pages it still lacks; the source is then never resumed)
   --multifd N            QEMU multifd channels, 0..${MAX_MULTIFD_CHANNELS} (default: the link mode's); not with
                          --postcopy
-  --dedupe, --no-dedupe  send only the pages PEER's chunk store lacks, or never (default: on internet links)
+  --dedupe, --no-dedupe  send only the pages PEER's chunk store lacks, or never (default: never)
 
 ${CLIENT_OPTIONS_HELP}
 

@@ -120,7 +120,7 @@ class ErrorWindow {
     return this.#ae.length;
   }
 
-  /** The window's errors by metric, oldest slot first; windows filled together line up slot by slot. */
+  /** The window's errors by metric, in slot order: windows filled together line up slot by slot. */
   series(metric: ScoringMetric): number[] {
     return metric === "mae" ? [...this.#ae] : this.#ape.filter((a): a is number => a !== undefined);
   }

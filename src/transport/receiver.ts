@@ -3,7 +3,8 @@
  * transfer (control connection), attaches to one as a stream, sends a rate probe (rate_probe.ts), or
  * starts an exchange that another part of the agent registered (a migration's preparation). Stream
  * readers verify each chunk's checksum and hand it to the transfer's sink (a file, or a live stream such
- * as a QEMU incoming socket), which acknowledges it once stored or delivered. Any failure before commit drops what was received.
+ * as a QEMU incoming socket), which acknowledges it once stored or delivered. Any failure before commit
+ * drops what was received.
  */
 import { codecName, xxh3Into } from "../../ffi/codec.ts";
 import { CODEC_SETTINGS } from "../encoding/codec_policy.ts";
