@@ -60,46 +60,38 @@ function netAddr(addr: Deno.Addr, which: string): Deno.NetAddr {
   return addr;
 }
 
+/** The shim's arguments naming a connection (local address and port, remote address and port), and a label. */
+function endpointArgs(conn: TcpEndpoints) {
+  const local = netAddr(conn.localAddr, "localAddr");
+  const remote = netAddr(conn.remoteAddr, "remoteAddr");
+  return {
+    args: [cString(local.hostname), local.port, cString(remote.hostname), remote.port] as const,
+    label: `${local.hostname}:${local.port} → ${remote.hostname}:${remote.port}`,
+  };
+}
+
 /**
  * TCP_INFO of the connection with these endpoints, read now; undefined once the connection has closed.
  * Throws a ShimError when the kernel cannot be asked (no sock_diag support) or an address is malformed.
  */
 export function tcpInfo(conn: TcpEndpoints): TcpInfo | undefined {
-  const local = netAddr(conn.localAddr, "localAddr");
-  const remote = netAddr(conn.remoteAddr, "remoteAddr");
-  const n = native().dwcp_tcp_info(
-    cString(local.hostname),
-    local.port,
-    cString(remote.hostname),
-    remote.port,
-    out,
-    out.length,
-  );
+  const { args, label } = endpointArgs(conn);
+  const n = native().dwcp_tcp_info(...args, out, out.length);
   if (n === ENOTFOUND) return undefined;
-  check(n, `TCP_INFO of ${local.hostname}:${local.port} → ${remote.hostname}:${remote.port}`);
+  check(n, `TCP_INFO of ${label}`);
   return JSON.parse(utf8.decode(out.subarray(0, n)));
 }
 
 /**
  * Sets the congestion control ("cubic", "bbr", ...) of the connection with these endpoints; false once the
- * connection has closed. Throws a ShimError naming the algorithm and the fix
- * when the kernel has no such algorithm (status -5) or this process may not pick it (-8: only root, or
- * CAP_NET_ADMIN, may pick one outside net.ipv4.tcp_allowed_congestion_control).
+ * connection has closed. Throws a ShimError naming the algorithm and the fix when the kernel has no such
+ * algorithm (status -5) or this process may not pick it (-8: only root, or CAP_NET_ADMIN, may pick one
+ * outside net.ipv4.tcp_allowed_congestion_control).
  */
 export function setCongestionControl(conn: TcpEndpoints, name: string): boolean {
-  const local = netAddr(conn.localAddr, "localAddr");
-  const remote = netAddr(conn.remoteAddr, "remoteAddr");
-  const status = native().dwcp_tcp_set_congestion(
-    cString(local.hostname),
-    local.port,
-    cString(remote.hostname),
-    remote.port,
-    cString(name),
-  );
+  const { args, label } = endpointArgs(conn);
+  const status = native().dwcp_tcp_set_congestion(...args, cString(name));
   if (status === ENOTFOUND) return false;
-  check(
-    status,
-    `setting congestion control of ${local.hostname}:${local.port} → ${remote.hostname}:${remote.port}`,
-  );
+  check(status, `setting congestion control of ${label}`);
   return true;
 }

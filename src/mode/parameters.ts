@@ -255,29 +255,15 @@ export function modeParameters(
   // halved while the streams the link needs would hold more buffers than the budget.
   let chunkBytes = (mode === "datacenter" ? undefined : CODEC_BIAS[profile.codecBias].chunkBytes) ??
     defaults.chunkBytes;
-  let streams = streamDerivation(
-    profile,
-    m,
-    host,
-    defaults,
-    chunkBytes,
-    congestionControl,
-    forecastBytesPerSec,
-  );
+  const derive = (chunk: number) =>
+    streamDerivation(profile, m, host, defaults, chunk, congestionControl, forecastBytesPerSec);
+  let streams = derive(chunkBytes);
   const needed = (s: StreamDerivation) => Math.min(profile.maxStreams, Math.max(s.min, s.forBdp, s.forLoss));
   while (
     needed(streams) * chunkBytes > STREAM_BUFFER_BUDGET_BYTES && chunkBytes / 2 >= MIN_BUDGET_CHUNK_BYTES
   ) {
     chunkBytes /= 2;
-    streams = streamDerivation(
-      profile,
-      m,
-      host,
-      defaults,
-      chunkBytes,
-      congestionControl,
-      forecastBytesPerSec,
-    );
+    streams = derive(chunkBytes);
   }
   const rttMs = streams.rttMs;
   return {

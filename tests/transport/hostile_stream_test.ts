@@ -10,7 +10,6 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { CODECS } from "../../ffi/codec.ts";
-import { Roots } from "../../src/agent/roots.ts";
 import { TransferProgress } from "../../src/obs/progress.ts";
 import { FileSource } from "../../src/transport/chunk_source.ts";
 import { dial } from "../../src/transport/dial.ts";
@@ -24,10 +23,9 @@ import {
 } from "../../src/transport/frame.ts";
 import type { PeerIdentity } from "../../src/transport/handshake.ts";
 import type { AcceptedMessage, OpenMessage } from "../../src/transport/messages.ts";
-import { DataServer } from "../../src/transport/receiver.ts";
 import { OutgoingTransfer } from "../../src/transport/sender.ts";
-import { SinkTable } from "../../src/transport/sink_table.ts";
 import { closeQuietly, expectMessage, sendMessage, writeAll } from "../../src/transport/wire.ts";
+import { type LoopbackServer, startLoopbackServer } from "../support/data_server.ts";
 import { mulberry32, pick, randInt } from "./prng.ts";
 
 const KiB = 1024, MiB = 1024 * KiB;
@@ -47,41 +45,6 @@ function randomBytes(rand: Rand, n: number): Uint8Array {
   return out;
 }
 
-interface Server {
-  dir: string;
-  port: number;
-  incoming: TransferProgress[];
-  close(): Promise<void>;
-}
-
-async function startServer(): Promise<Server> {
-  const dir = await Deno.makeTempDir({ prefix: "dwcp-hostile-" });
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const incoming: TransferProgress[] = [];
-  const server = new DataServer(listener, {
-    secret: SECRET,
-    identity: serverId,
-    roots: new Roots([dir]),
-    windowChunks: 4,
-    fsync: false,
-    sinks: new SinkTable(),
-    exchanges: {},
-    onIncoming: (p) => incoming.push(p),
-    log: () => {},
-  });
-  const serving = server.serve();
-  return {
-    dir,
-    port: server.addr.port,
-    incoming,
-    close: async () => {
-      await server.close();
-      await serving;
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
-}
-
 /** Half-closes our side, then reads until the server closes its own: it has dealt with what we sent. */
 async function finish(conn: Deno.TcpConn): Promise<void> {
   await conn.closeWrite().catch(() => {});
@@ -93,7 +56,7 @@ async function finish(conn: Deno.TcpConn): Promise<void> {
 }
 
 /** Every incoming transfer has ended (the server noticed the hostile peer is gone). */
-async function settled(s: Server): Promise<void> {
+async function settled(s: LoopbackServer): Promise<void> {
   while (s.incoming.some((p) => !p.terminal)) await new Promise((r) => setTimeout(r, 5));
 }
 
@@ -107,7 +70,7 @@ function listFiles(dir: string): string[] {
 }
 
 /** A real transfer through the same server: it still serves, and delivers the exact bytes. */
-async function assertStillServes(s: Server, seed: number): Promise<void> {
+async function assertStillServes(s: LoopbackServer, seed: number): Promise<void> {
   const src = join(s.dir, "good.src");
   const data = randomBytes(mulberry32(seed), FILE_BYTES);
   await Deno.writeFile(src, data);
@@ -155,8 +118,8 @@ async function assertStillServes(s: Server, seed: number): Promise<void> {
   await Deno.remove(join(s.dir, "good.bin"));
 }
 
-async function scenario(name: string, run: (s: Server) => Promise<void>): Promise<void> {
-  const s = await startServer();
+async function scenario(name: string, run: (s: LoopbackServer) => Promise<void>): Promise<void> {
+  const s = await startLoopbackServer(SECRET, serverId);
   try {
     const rssBefore = Deno.memoryUsage().rss;
     await run(s);
@@ -253,7 +216,7 @@ Deno.test("hostile: authenticated peer sends random and malformed control messag
 
 /** Opens a real file transfer and attaches stream 0: the frames that follow are the hostile part. */
 async function attachedStream(
-  s: Server,
+  s: LoopbackServer,
 ): Promise<{ control: Deno.TcpConn; stream: Deno.TcpConn; id: string }> {
   const id = crypto.randomUUID();
   const control = await dial({ host: "127.0.0.1", port: s.port }, SECRET, clientId);

@@ -5,15 +5,13 @@
  */
 import assert from "node:assert/strict";
 import { CODECS } from "../../ffi/codec.ts";
-import { Roots } from "../../src/agent/roots.ts";
 import { dialRateProbe } from "../../src/mode/links.ts";
 import { dial } from "../../src/transport/dial.ts";
 import type { PeerIdentity } from "../../src/transport/handshake.ts";
 import { RATE_PROBE_LIMITS, sendRateProbe } from "../../src/transport/rate_probe.ts";
-import { DataServer } from "../../src/transport/receiver.ts";
-import { SinkTable } from "../../src/transport/sink_table.ts";
 import { closeQuietly, expectMessage, PeerError, sendMessage, writeAll } from "../../src/transport/wire.ts";
 import { ME, SECRET, startPeer } from "../mode/link_harness.ts";
+import { startLoopbackServer } from "../support/data_server.ts";
 
 const MiB = 1024 * 1024;
 const serverId: PeerIdentity = {
@@ -22,26 +20,11 @@ const serverId: PeerIdentity = {
 };
 
 async function withServer(body: (port: number, logs: string[]) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "dwcp-rate-probe-" });
-  const logs: string[] = [];
-  const server = new DataServer(Deno.listen({ hostname: "127.0.0.1", port: 0 }), {
-    secret: SECRET,
-    identity: serverId,
-    roots: new Roots([dir]),
-    windowChunks: 4,
-    fsync: false,
-    sinks: new SinkTable(),
-    exchanges: {},
-    onIncoming: () => {},
-    log: (msg, fields) => logs.push(`${msg} ${JSON.stringify(fields)}`),
-  });
-  const serving = server.serve();
+  const server = await startLoopbackServer(SECRET, serverId);
   try {
-    await body(server.addr.port, logs);
+    await body(server.port, server.logs);
   } finally {
     await server.close();
-    await serving;
-    await Deno.remove(dir, { recursive: true });
   }
 }
 
