@@ -42,9 +42,9 @@ Deno.test("a single lost segment is no trend, though it is 0.024 % of the little
 });
 
 Deno.test("a transfer overflowing a LAN's or a metro link's queue itself is no lossy path: modes hold", () => {
-  // What the emulated lan and metro links showed with BBR and 4 streams: 2 % and 11 % retransmitted
+  // What the emulated lan and metro links showed with BBR and 4 streams: 0.2 % and 11 % retransmitted
   // while the queue stood at 5 ms and 8 ms. Those losses are the transfer's own, and are shown apart.
-  const saturatedLan = { ...LAN, lossRatio: 0.02, queueingMs: 5 };
+  const saturatedLan = { ...LAN, lossRatio: 0.002, queueingMs: 5 };
   const saturatedMetro = { ...METRO, lossRatio: 0.11, queueingMs: 8 };
   assert.deepEqual(simulate([{ seconds: 300, link: saturatedLan, busy: true }]), [
     "2s unmeasured → datacenter: first measurement: min RTT 0.20 ms → datacenter",
