@@ -77,8 +77,8 @@ export interface MigrationRequest {
  * Whether a migration's stream travels deduped: the one switch point. Only when the request asks. It saves
  * internet bytes, but a guest migrated deduped has crashed on arrival (kernel list corruption) under a
  * stress of round trips: a 512 MiB guest dirtying 8 MiB/s, xbzrle and codec auto, loopback agents with the
- * link pinned to internet mode, in 2 of 3 runs of six round trips, against none in 11 without dedupe, and
- * once in 9 migrations over the emulated wan. Until that is explained it is not on by default.
+ * link pinned to internet mode, in 2 of 4 runs of up to six round trips, against none in 16 without dedupe,
+ * and once in 9 migrations over the emulated wan. Until that is explained it is not on by default.
  */
 function wantsDedupe(req: MigrationRequest): boolean {
   return req.dedupe === true;
