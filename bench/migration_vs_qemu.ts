@@ -29,7 +29,7 @@ import { qemuArgs, type VmSocketPaths } from "../src/vm/qemu_args.ts";
 import { parseVmSpec, type VmSpec } from "../src/vm/spec.ts";
 import { startAgent, type TestAgent } from "../tests/support/agents.ts";
 import { guestAppend, type GuestImage, guestImage } from "../tests/support/guest_image.ts";
-import { HeartbeatMonitor } from "../tests/support/heartbeat.ts";
+import { HeartbeatMonitor, switchGap } from "../tests/support/heartbeat.ts";
 import { intArg, log } from "./cli_args.ts";
 
 const MiB = 1024 * 1024;
@@ -182,18 +182,6 @@ async function readyAndSettle(hb: HeartbeatMonitor, memMib: number, t0: number):
   }
   await sleep(settleMs);
   return bootMs;
-}
-
-/**
- * After the migration: the destination must carry the heartbeat on, with one switch, the same boot and
- * no counter going back. Returns the gap across the switch.
- */
-async function switchGap(hb: HeartbeatMonitor): Promise<number> {
-  await hb.waitForCounter(hb.lastCounter + 10, 60_000);
-  while (hb.switching) await hb.waitForCounter(hb.lastCounter + 1, 60_000);
-  if (hb.switches.length !== 1) throw new Error(`expected one console switch: ${hb.summary()}`);
-  if (hb.wentBackwards || hb.bootIdChanged) throw new Error(`heartbeat broken: ${hb.summary()}`);
-  return hb.switches[0].ms;
 }
 
 // ---- (a) native: QEMU to QEMU over a unix socket ----------------------------------------------------

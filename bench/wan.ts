@@ -33,7 +33,7 @@ import { type MigrationInfo, QmpClient } from "../src/migration/qmp.ts";
 import { qemuArgs, type VmSocketPaths } from "../src/vm/qemu_args.ts";
 import { parseVmSpec, type VmSpec } from "../src/vm/spec.ts";
 import { guestAppend, type GuestImage, guestImage } from "../tests/support/guest_image.ts";
-import { HeartbeatMonitor } from "../tests/support/heartbeat.ts";
+import { HeartbeatMonitor, switchGap } from "../tests/support/heartbeat.ts";
 import {
   type EmulatedHost,
   LinkEmulator,
@@ -193,15 +193,6 @@ async function readyAndSettle(hb: HeartbeatMonitor, t0: number): Promise<number>
   }
   await sleep(SETTLE_MS);
   return bootMs;
-}
-
-/** After a migration: the destination carries the heartbeat on, one switch, same boot. Returns the gap. */
-async function switchGap(hb: HeartbeatMonitor): Promise<number> {
-  await hb.waitForCounter(hb.lastCounter + 10, 60_000);
-  while (hb.switching) await hb.waitForCounter(hb.lastCounter + 1, 60_000);
-  if (hb.switches.length !== 1) throw new Error(`expected one console switch: ${hb.summary()}`);
-  if (hb.wentBackwards || hb.bootIdChanged) throw new Error(`heartbeat broken: ${hb.summary()}`);
-  return hb.switches[0].ms;
 }
 
 // ---- what a profile measures ------------------------------------------------------------------------

@@ -39,6 +39,7 @@
  * TypeScript.
  * Little-endian hosts only (the first differing byte of a word is found with ctz). */
 #include "dwcp.h"
+#include "page_util.h"
 
 #include <string.h>
 #include <xxhash.h>
@@ -52,23 +53,7 @@ enum { KIND_UNCHANGED = 0, KIND_ZERO = 1, KIND_DELTA = 2, KIND_WHOLE = 3 };
 /* A varint holds at most 21 bits in 3 bytes: enough for any gap or length within a 64 KiB page. */
 #define MAX_VARINT_BYTES 3
 
-static int32_t check_page_size(uint32_t page_size) {
-  if (page_size < 512 || page_size > 65536 || (page_size & (page_size - 1)) != 0)
-    return dwcp_fail(DWCP_EINVAL, "page size %u is not a power of two in 512..65536", page_size);
-  return DWCP_OK;
-}
-
-static inline uint32_t page_count(uint32_t len, uint32_t page_size) {
-  return len / page_size + (len % page_size != 0);
-}
-
 static inline uint32_t kinds_bytes(uint32_t pages) { return pages / 4 + (pages % 4 != 0); }
-
-static inline uint64_t load64(const uint8_t *p) {
-  uint64_t v;
-  memcpy(&v, p, sizeof v); /* unaligned-safe; one load */
-  return v;
-}
 
 static int all_zero(const uint8_t *p, size_t n) {
   size_t i = 0;

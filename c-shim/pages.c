@@ -3,26 +3,11 @@
  * bitmap[i / 8] >> (i % 8) & 1); a set bit marks a zero page. The last page of a buffer may be partial.
  * Bits past the last page must be clear. Which pages to send, and how, is decided in TypeScript. */
 #include "dwcp.h"
+#include "page_util.h"
 
 #include <string.h>
 
-static int32_t check_page_size(uint32_t page_size) {
-  if (page_size < 512 || page_size > 65536 || (page_size & (page_size - 1)) != 0)
-    return dwcp_fail(DWCP_EINVAL, "page size %u is not a power of two in 512..65536", page_size);
-  return DWCP_OK;
-}
-
-static inline uint32_t page_count(uint32_t len, uint32_t page_size) {
-  return len / page_size + (len % page_size != 0);
-}
-
 static inline uint32_t bitmap_bytes(uint32_t pages) { return pages / 8 + (pages % 8 != 0); }
-
-static inline uint64_t load64(const uint8_t *p) {
-  uint64_t v;
-  memcpy(&v, p, sizeof v); /* unaligned-safe; compiles to one load */
-  return v;
-}
 
 /* GCC/Clang vector extension: one SSE2/NEON register; plain C elsewhere the compiler supports it. */
 typedef uint64_t vec128 __attribute__((vector_size(16)));

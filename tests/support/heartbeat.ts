@@ -423,3 +423,15 @@ async function connectUnix(path: string, timeoutMs: number): Promise<Deno.UnixCo
     }
   }
 }
+
+/**
+ * After a migration: the destination must carry the heartbeat on, with one switch, the same boot and no
+ * counter going back. Returns the gap across the switch, in ms.
+ */
+export async function switchGap(hb: HeartbeatMonitor): Promise<number> {
+  await hb.waitForCounter(hb.lastCounter + 10, 60_000);
+  while (hb.switching) await hb.waitForCounter(hb.lastCounter + 1, 60_000);
+  if (hb.switches.length !== 1) throw new Error(`expected one console switch: ${hb.summary()}`);
+  if (hb.wentBackwards || hb.bootIdChanged) throw new Error(`heartbeat broken: ${hb.summary()}`);
+  return hb.switches[0].ms;
+}
