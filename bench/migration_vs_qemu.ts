@@ -3,7 +3,7 @@
  * against the same migration carried by two real dwcp agents (POST /v1/migrations, default streams).
  *
  *   deno run --allow-all bench/migration_vs_qemu.ts [--sizes 256,1024] [--runs 3] [--dirty 0,32]
- *     [--settle-ms 2000] [--hb-ms 20] [--multifd K] [--out results.json]
+ *     [--settle-ms 2000] [--hb-ms 20] [--multifd K] [--channel auto|direct|streams] [--out results.json]
  *
  * For each guest size (memory, MiB) and dirty rate (MiB/s the guest rewrites), `--runs` times, one
  * native migration and one through the agents, interleaved. Both boot the test guest
@@ -20,7 +20,9 @@
  * included, where ram.transferred counts RAM pages only). Tables show medians and agents/native ratios.
  * Progress goes to stderr, tables to stdout. `--multifd K` has the agents' requests ask for K QEMU
  * multifd channels (each its own stream transfer; 0: one channel; default: what the link mode gives), to
- * compare the agents with and without multifd against the same single-channel native run.
+ * compare the agents with and without multifd against the same single-channel native run. `--channel`
+ * sets the requests' channel: auto (default; direct on a datacenter link, src/migration/direct_channel.ts),
+ * direct, or streams (carried by the agents).
  */
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
@@ -39,6 +41,8 @@ const DOWNTIME_LIMIT_MS = 300;
 const MAX_BANDWIDTH = 64 * 1024 * MiB;
 /** Longest a migration may take before the run counts as failed. */
 const MIGRATION_TIMEOUT_MS = 10 * 60_000;
+/** A's name for agent B (a configured peer). */
+const PEER_B = "b";
 
 const { values: args } = parseArgs({
   args: Deno.args,
@@ -49,6 +53,7 @@ const { values: args } = parseArgs({
     "settle-ms": { type: "string", default: "2000" },
     "hb-ms": { type: "string", default: "20" },
     multifd: { type: "string" },
+    channel: { type: "string", default: "auto" },
     out: { type: "string" },
   },
   strict: true,
@@ -64,6 +69,11 @@ const settleMs = intArg("settle-ms", args["settle-ms"], 0);
 const hbMs = intArg("hb-ms", args["hb-ms"], 1);
 /** Multifd channels the agents are asked for; undefined leaves it to the link mode. */
 const multifdChannels = args.multifd === undefined ? undefined : intArg("multifd", args.multifd, 0);
+/** How the agents carry QEMU's stream (POST /v1/migrations `channel`). */
+const channel = args.channel;
+if (!["auto", "direct", "streams"].includes(channel)) {
+  throw new Error(`--channel ${channel}: give auto, direct or streams`);
+}
 
 /** The data the guest holds: about half its memory, leaving at least 80 MiB to the kernel and the rest. */
 const guestMemMib = (sizeMiB: number) => Math.min(Math.floor(sizeMiB / 2), sizeMiB - 80);
@@ -141,6 +151,8 @@ interface Sample {
   /** Agents only. */
   observedDowntimeMs?: number;
   multifdChannels?: number;
+  /** How QEMU's stream travelled: "direct" or "streams" (src/migration/direct_channel.ts). */
+  channel?: string;
   elapsedMs?: number;
   /** The guest's ready line and its boot time. */
   guestMemMib: number;
@@ -228,7 +240,12 @@ async function nativeRun(image: GuestImage, sizeMiB: number, dirty: number, tag:
     await srcQmp.migrate(`unix:${migSock}`);
     const ev = await ended;
     const wallMs = performance.now() - started;
-    const info: MigrationInfo = await srcQmp.queryMigrate();
+    // QEMU emits "completed" a moment before it fills in total-time and downtime.
+    let info: MigrationInfo = await srcQmp.queryMigrate();
+    for (let i = 0; i < 100 && info.status === "completed" && !info["total-time"]; i++) {
+      await sleep(10);
+      info = await srcQmp.queryMigrate();
+    }
     if (ev.data?.status !== "completed" || info.status !== "completed") {
       throw new Error(
         `native migration ${info.status}: ${info["error-desc"] ?? ""}\n${src.output}\n${dst.output}`,
@@ -265,6 +282,17 @@ async function nativeRun(image: GuestImage, sizeMiB: number, dirty: number, tag:
   }
 }
 
+/** The mode A's policy chose for the link to B, once it has one (three round trips measured). */
+async function linkMode(a: TestAgent): Promise<string> {
+  type Peers = { peers: { id: string; mode: { current: string | null; reason: string } }[] };
+  for (const deadline = performance.now() + 60_000;;) {
+    const peer = (await a.json<Peers>("/v1/peers")).body.peers.find((p) => p.id === PEER_B);
+    if (peer?.mode.current) return `${peer.mode.current} (${peer.mode.reason})`;
+    if (performance.now() > deadline) throw new Error(`A chose no mode for B: ${peer?.mode.reason}`);
+    await sleep(250);
+  }
+}
+
 // ---- (b) through the agents -------------------------------------------------------------------------
 
 type Snapshot = {
@@ -277,6 +305,7 @@ type Snapshot = {
   elapsedMs: number;
   passes?: number;
   multifdChannels?: number;
+  channel?: string;
   error?: { code: string; message: string };
 };
 
@@ -310,7 +339,7 @@ async function agentsRun(
     const started = performance.now();
     const res = await a.json<Snapshot>("/v1/migrations", {
       method: "POST",
-      body: JSON.stringify({ vm: name, peer: b.dataAddr, multifdChannels }),
+      body: JSON.stringify({ vm: name, peer: PEER_B, multifdChannels, channel }),
     });
     if (res.status !== 201) {
       throw new Error(`POST /v1/migrations answered ${res.status}: ${JSON.stringify(res.body)}`);
@@ -322,7 +351,7 @@ async function agentsRun(
       if (performance.now() > deadline) {
         throw new Error(`migration still ${snap.phase} after ${MIGRATION_TIMEOUT_MS} ms`);
       }
-      await sleep(10);
+      await sleep(100);
     }
     const wallMs = performance.now() - started;
     if (snap.phase !== "completed") {
@@ -340,6 +369,7 @@ async function agentsRun(
       elapsedMs: snap.elapsedMs,
       passes: snap.passes,
       multifdChannels: snap.multifdChannels,
+      channel: snap.channel,
       guestMemMib: hb.ready!.memMib,
       bootMs,
       hbSummary: hb.summary(),
@@ -459,8 +489,10 @@ function table(c: Combo): string {
     ["wall time, ms", num(m.native.wallMs), num(m.agents.wallMs), "", ""],
     ["dirty-bitmap passes", num(m.native.passes), num(m.agents.passes), "", ""],
   ];
+  const channels = [...new Set(c.agents.flatMap((s) => "channel" in s && s.channel ? [s.channel] : []))];
   const head = `size ${c.sizeMiB} MiB (guest holds ${c.guestMemMib} MiB), dirty ${c.dirtyMibps} MiB/s: ` +
-    `medians of ${m.ok.native}/${c.native.length} native, ${m.ok.agents}/${c.agents.length} agent runs`;
+    `medians of ${m.ok.native}/${c.native.length} native, ${m.ok.agents}/${c.agents.length} agent runs` +
+    (channels.length ? ` (agents' channel: ${channels.join(", ")})` : "");
   const cols = ["", "native", "agents", "agents/native", "difference"];
   const widths = [32, 10, 10, 14, 12];
   const line = (cells: string[]) =>
@@ -496,10 +528,18 @@ try {
       log(
         `size ${sizeMiB} MiB (guest holds ${combo.guestMemMib} MiB), dirty ${dirty} MiB/s: starting agents`,
       );
-      const a = await startAgent({ id: "bench-a", extraRoots });
-      agents.add(a);
+      // B is a configured peer of A's, so A probes the link and picks its mode (datacenter on loopback)
+      // while the guest boots, as on a real host.
       const b = await startAgent({ id: "bench-b", extraRoots });
       agents.add(b);
+      const a = await startAgent({
+        id: "bench-a",
+        extraRoots,
+        peers: { [PEER_B]: b.dataAddr },
+        link: { probeIntervalMs: 1000 },
+      });
+      agents.add(a);
+      log(`  A's link to B: ${await linkMode(a)}`);
       try {
         for (let r = 1; r <= runs; r++) {
           const tag = `${sizeMiB}-${dirty}-${r}-${seq++}`;
@@ -518,7 +558,8 @@ try {
                   (s.observedDowntimeMs === undefined ? "" : ` (observed ${s.observedDowntimeMs} ms)`) +
                   `, heartbeat gap ${s.hbGapMs.toFixed(0)} ms, ${(s.bytes / MiB).toFixed(1)} MiB, ` +
                   `wall ${s.wallMs.toFixed(0)} ms, passes ${s.passes ?? "?"}` +
-                  (s.multifdChannels === undefined ? "" : `, multifd channels ${s.multifdChannels}`),
+                  (s.multifdChannels === undefined ? "" : `, multifd channels ${s.multifdChannels}`) +
+                  (s.channel === undefined ? "" : `, channel ${s.channel}`),
               );
             } catch (err) {
               if (cleaning) throw err; // interrupted: the signal handler cleans up and exits
@@ -545,7 +586,7 @@ try {
 
   console.log(
     "Native: QEMU → unix socket → QEMU (bytes = ram.transferred; wall = migrate command to the completed " +
-      "event). Agents: POST /v1/migrations, default streams (bytes = bytesSent, the whole stream; wall = POST " +
+      `event). Agents: POST /v1/migrations, channel ${channel} (bytes = bytesSent, the whole stream; wall = POST ` +
       "to a completed snapshot, destination QEMU start included). Same QEMU arguments, TCG, auto-converge, " +
       `downtime-limit ${DOWNTIME_LIMIT_MS} ms, max-bandwidth 64 GiB/s on both.`,
   );

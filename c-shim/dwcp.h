@@ -79,6 +79,28 @@ int32_t dwcp_tcp_info(const char *local_host, uint32_t local_port, const char *r
  * DWCP_EPERM when this process may not pick it (net.ipv4.tcp_allowed_congestion_control). */
 int32_t dwcp_tcp_set_congestion(const char *local_host, uint32_t local_port, const char *remote_host,
                                 uint32_t remote_port, const char *name);
+/* Sets the send and receive buffers (SO_SNDBUF, SO_RCVBUF; 0 leaves one as it is, and the kernel doubles what
+ * it is given) of this process's TCP socket with those addresses and ports; DWCP_ENOTFOUND as above. */
+int32_t dwcp_tcp_set_buffers(const char *local_host, uint32_t local_port, const char *remote_host,
+                             uint32_t remote_port, int32_t send_bytes, int32_t receive_bytes);
+
+/* This process's descriptor for the TCP socket with those addresses and ports, dup()ed (the caller closes it),
+ * or a negative status (DWCP_ENOTFOUND when no such socket is open here); *number, when given, gets the
+ * number of the descriptor it duplicated. Internal: not in the FFI table. */
+int32_t dwcp_tcp_socket_fd(const char *local_host, uint32_t local_port, const char *remote_host,
+                           uint32_t remote_port, int32_t *number);
+/* Hands this process's TCP socket with those addresses and ports to QEMU (qmp_fd.c): connects to the QMP
+ * monitor socket at monitor_path, gives QEMU the descriptor (getfd, SCM_RIGHTS) under fd_name, then runs
+ * command (one QMP command in JSON that uses fd_name, such as migrate with uri "fd:NAME") on that same
+ * monitor, since QEMU keeps getfd's descriptors per monitor. Writes the command's reply line into out and
+ * returns its length; DWCP_EFAIL with QEMU's words when QEMU refuses getfd. */
+int32_t dwcp_qmp_pass_tcp(const char *monitor_path, const char *local_host, uint32_t local_port,
+                          const char *remote_host, uint32_t remote_port, const char *fd_name, const char *command,
+                          uint8_t *out, uint32_t cap);
+/* Detaches this process's descriptor from its TCP socket with those addresses and ports, once another process
+ * holds the socket: out of every epoll set here, and pointed at an unconnected socket, so that closing the
+ * connection here no longer acts on the socket (qmp_fd.c says why). DWCP_ENOTFOUND when none is open here. */
+int32_t dwcp_tcp_detach(const char *local_host, uint32_t local_port, const char *remote_host, uint32_t remote_port);
 
 int32_t dwcp_ort_load(const char *path);
 int32_t dwcp_ort_version(uint8_t *out, uint32_t cap);

@@ -195,8 +195,9 @@ int32_t dwcp_tcp_info(const char *local_host, uint32_t local_port, const char *r
 }
 
 /* A descriptor of this process for the socket with this inode, dup()ed so that it stays that socket while
- * it is used even if another thread closes the original and its number is reused; -1 when none is open. */
-static int dup_socket_fd(ino_t inode) {
+ * it is used even if another thread closes the original and its number is reused; -1 when none is open.
+ * *number is the original's. */
+static int dup_socket_fd(ino_t inode, int *number) {
   DIR *dir = opendir("/proc/self/fd");
   if (!dir) return -1;
   int found = -1;
@@ -208,12 +209,30 @@ static int dup_socket_fd(ino_t inode) {
     struct stat st;
     if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == inode) {
       found = fd;
+      *number = atoi(e->d_name);
     } else {
       close(fd);
     }
   }
   closedir(dir);
   return found;
+}
+
+int32_t dwcp_tcp_socket_fd(const char *local_host, uint32_t local_port, const char *remote_host,
+                           uint32_t remote_port, int32_t *number) {
+  struct diag_answer answer;
+  int32_t rc = lookup(local_host, local_port, remote_host, remote_port, 0, &answer);
+  if (rc) return rc;
+  /* A socket no descriptor holds (TIME_WAIT, or closed and still sending its last bytes) has inode 0. */
+  ino_t inode = answer.msg->idiag_inode;
+  if (inode == 0) return dwcp_fail(DWCP_ENOTFOUND, "the TCP socket is closed (state %u)", answer.msg->idiag_state);
+  int original = -1;
+  int fd = dup_socket_fd(inode, &original);
+  if (fd < 0) {
+    return dwcp_fail(DWCP_ENOTFOUND, "TCP socket inode %lu is not open in this process", (unsigned long)inode);
+  }
+  if (number) *number = original;
+  return fd;
 }
 
 int32_t dwcp_tcp_set_congestion(const char *local_host, uint32_t local_port, const char *remote_host,
@@ -223,16 +242,8 @@ int32_t dwcp_tcp_set_congestion(const char *local_host, uint32_t local_port, con
     return dwcp_fail(DWCP_EINVAL, "congestion control \"%s\" is not a name of 1..%d characters", name,
                      TCP_CA_NAME_MAX - 1);
   }
-  struct diag_answer answer;
-  int32_t rc = lookup(local_host, local_port, remote_host, remote_port, 0, &answer);
-  if (rc) return rc;
-  /* A socket no descriptor holds (TIME_WAIT, or closed and still sending its last bytes) has inode 0. */
-  ino_t inode = answer.msg->idiag_inode;
-  if (inode == 0) return dwcp_fail(DWCP_ENOTFOUND, "the TCP socket is closed (state %u)", answer.msg->idiag_state);
-  int fd = dup_socket_fd(inode);
-  if (fd < 0) {
-    return dwcp_fail(DWCP_ENOTFOUND, "TCP socket inode %lu is not open in this process", (unsigned long)inode);
-  }
+  int fd = dwcp_tcp_socket_fd(local_host, local_port, remote_host, remote_port, NULL);
+  if (fd < 0) return fd;
   int set = setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, (socklen_t)name_len);
   int err = errno;
   close(fd);
@@ -250,4 +261,19 @@ int32_t dwcp_tcp_set_congestion(const char *local_host, uint32_t local_port, con
                      name);
   }
   return dwcp_fail(DWCP_EFAIL, "setting congestion control \"%s\": %s", name, strerror(err));
+}
+
+int32_t dwcp_tcp_set_buffers(const char *local_host, uint32_t local_port, const char *remote_host,
+                             uint32_t remote_port, int32_t send_bytes, int32_t receive_bytes) {
+  int fd = dwcp_tcp_socket_fd(local_host, local_port, remote_host, remote_port, NULL);
+  if (fd < 0) return fd;
+  int32_t rc = DWCP_OK;
+  if (send_bytes > 0 && setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &send_bytes, sizeof send_bytes) < 0) {
+    rc = dwcp_fail(DWCP_EFAIL, "setting SO_SNDBUF to %d bytes: %s", send_bytes, strerror(errno));
+  }
+  if (!rc && receive_bytes > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_bytes, sizeof receive_bytes) < 0) {
+    rc = dwcp_fail(DWCP_EFAIL, "setting SO_RCVBUF to %d bytes: %s", receive_bytes, strerror(errno));
+  }
+  close(fd);
+  return rc;
 }

@@ -111,6 +111,21 @@ export const symbols = {
   // int32_t dwcp_tcp_set_congestion(const char *local_host, uint32_t local_port, const char *remote_host,
   //                                 uint32_t remote_port, const char *name)
   dwcp_tcp_set_congestion: { parameters: ["buffer", "u32", "buffer", "u32", "buffer"], result: "i32" },
+  // int32_t dwcp_tcp_set_buffers(const char *local_host, uint32_t local_port, const char *remote_host,
+  //                              uint32_t remote_port, int32_t send_bytes, int32_t receive_bytes)
+  dwcp_tcp_set_buffers: { parameters: ["buffer", "u32", "buffer", "u32", "i32", "i32"], result: "i32" },
+  // int32_t dwcp_qmp_pass_tcp(const char *monitor_path, const char *local_host, uint32_t local_port,
+  //                           const char *remote_host, uint32_t remote_port, const char *fd_name,
+  //                           const char *command, uint8_t *out, uint32_t cap)
+  // On a worker thread: it waits on QEMU's answers.
+  dwcp_qmp_pass_tcp: {
+    parameters: ["buffer", "buffer", "u32", "buffer", "u32", "buffer", "buffer", "buffer", "u32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  // int32_t dwcp_tcp_detach(const char *local_host, uint32_t local_port, const char *remote_host,
+  //                         uint32_t remote_port)
+  dwcp_tcp_detach: { parameters: ["buffer", "u32", "buffer", "u32"], result: "i32" },
   // int32_t dwcp_ort_load(const char *path)
   dwcp_ort_load: { parameters: ["buffer"], result: "i32" },
   // int32_t dwcp_ort_version(uint8_t *out, uint32_t cap)

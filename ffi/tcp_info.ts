@@ -51,7 +51,7 @@ export interface TcpEndpoints {
 
 const out = new Uint8Array(1024);
 const utf8 = new TextDecoder();
-const cString = (text: string) => new TextEncoder().encode(text + "\0");
+export const cString = (text: string) => new TextEncoder().encode(text + "\0");
 
 function netAddr(addr: Deno.Addr, which: string): Deno.NetAddr {
   if (addr.transport !== "tcp") {
@@ -61,7 +61,7 @@ function netAddr(addr: Deno.Addr, which: string): Deno.NetAddr {
 }
 
 /** The shim's arguments naming a connection (local address and port, remote address and port), and a label. */
-function endpointArgs(conn: TcpEndpoints) {
+export function endpointArgs(conn: TcpEndpoints) {
   const local = netAddr(conn.localAddr, "localAddr");
   const remote = netAddr(conn.remoteAddr, "remoteAddr");
   return {
@@ -93,5 +93,18 @@ export function setCongestionControl(conn: TcpEndpoints, name: string): boolean 
   const status = native().dwcp_tcp_set_congestion(...args, cString(name));
   if (status === ENOTFOUND) return false;
   check(status, `setting congestion control of ${label}`);
+  return true;
+}
+
+/**
+ * Sets the kernel's send and/or receive buffer of the connection with these endpoints (SO_SNDBUF,
+ * SO_RCVBUF; the kernel doubles the value for its bookkeeping, and a value set turns its autotuning off);
+ * false once the connection has closed.
+ */
+export function setSocketBuffers(conn: TcpEndpoints, bytes: { send?: number; receive?: number }): boolean {
+  const { args, label } = endpointArgs(conn);
+  const status = native().dwcp_tcp_set_buffers(...args, bytes.send ?? 0, bytes.receive ?? 0);
+  if (status === ENOTFOUND) return false;
+  check(status, `setting the socket buffers of ${label}`);
   return true;
 }

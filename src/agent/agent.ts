@@ -14,6 +14,7 @@ import { TransferService } from "./transfers.ts";
 import { agentPeerLinks } from "../mode/links.ts";
 import { join } from "node:path";
 import { incomingMigrationHandler } from "../migration/incoming.ts";
+import { DirectChannels } from "../migration/direct_channel.ts";
 import { MigrationService } from "../migration/service.ts";
 import { forecastStatus } from "../predict/lstm.ts";
 import { openAgentForecasts } from "../predict/agent_forecasts.ts";
@@ -96,6 +97,7 @@ export async function startAgent(
   });
 
   const sinks = new SinkTable();
+  const channels = new DirectChannels();
   const data = splitHostPort(config.data.listen);
   const listener = listenOrExplain(
     "data",
@@ -116,7 +118,9 @@ export async function startAgent(
         roots,
         log,
         dedupeStore: dedupeStore && (() => dedupeStore.get()),
+        channels,
       }),
+      "migrate-channel": channels.handler(),
     },
     onIncoming: (p, from) => {
       transfers.addIncoming(p);

@@ -26,6 +26,10 @@ const createMigration = z.object({
   multifdChannels: z.number().int().min(0).max(MAX_MULTIFD_CHANNELS, {
     message: `multifdChannels must be 0..${MAX_MULTIFD_CHANNELS} (0: one migration channel)`,
   }).optional(),
+  channel: z.enum(["auto", "direct", "streams"], {
+    message: 'channel must be "auto", "direct" (QEMU writes into the agents\' connection) or "streams" ' +
+      "(the agents carry the stream)",
+  }).optional(),
 }).strict().refine((r) => !(r.postcopy && (r.multifdChannels ?? 0) > 0), {
   path: ["multifdChannels"],
   message: "QEMU 7.2 cannot combine postcopy with multifd: give multifdChannels 0 or drop postcopy",

@@ -8,6 +8,7 @@ import { MAX_MULTIFD_CHANNELS } from "../migration/incoming.ts";
 import { isTerminal } from "../migration/machine.ts";
 import { LIMITS } from "../transport/receiver.ts";
 import type { ApiClient, MigrationRequest, MigrationSnapshot } from "./client.ts";
+import type { MigrationChannel } from "../migration/service.ts";
 import {
   apiClient,
   CLIENT_OPTIONS,
@@ -37,6 +38,9 @@ the migration (the guest keeps running here), unless it is already switching ove
   --multifd N            QEMU multifd channels, 0..${MAX_MULTIFD_CHANNELS} (default: the link mode's); not with
                          --postcopy
   --dedupe, --no-dedupe  send only the pages PEER's chunk store lacks, or never (default: never)
+  --channel MODE         how QEMU's stream travels: direct (QEMU writes into the agents' authenticated
+                         connection), streams (the agents carry it; needed for dedupe, postcopy, multifd
+                         and TLS), or auto (default: direct on a datacenter link when nothing needs streams)
 
 ${CLIENT_OPTIONS_HELP}
 
@@ -109,7 +113,9 @@ export function migrationReport(s: MigrationSnapshot): string {
     `  downtime     ${downtime}`,
     `  sent         ${formatBytes(s.bytesSent)}${average}`,
     `  passes       ${s.passes ?? "-"}`,
-    `  streams      ${s.streams}`,
+    `  streams      ${s.streams}${
+      s.channel === "direct" ? " (direct channel: QEMU writes the connection)" : ""
+    }`,
   ].join("\n");
 }
 
@@ -156,6 +162,16 @@ export async function watchMigration(
   return last;
 }
 
+const CHANNELS: readonly MigrationChannel[] = ["auto", "direct", "streams"];
+
+/** --channel: one of CHANNELS, or undefined (the agent's default, auto). */
+function channelChoice(text: string | undefined): MigrationChannel | undefined {
+  if (text === undefined) return undefined;
+  const channel = CHANNELS.find((c) => c === text);
+  if (!channel) throw new UsageError(`--channel "${text}" is not one of ${CHANNELS.join(", ")}`);
+  return channel;
+}
+
 /** --dedupe / --no-dedupe: asked for, refused, or left to the link's mode (undefined). */
 function dedupeChoice(on: boolean | undefined, off: boolean | undefined): boolean | undefined {
   if (on && off) throw new UsageError("give --dedupe or --no-dedupe, not both");
@@ -177,6 +193,7 @@ export async function migrateCommand(args: string[]): Promise<number> {
       multifd: { type: "string" },
       dedupe: { type: "boolean" },
       "no-dedupe": { type: "boolean" },
+      channel: { type: "string" },
     },
   });
   if (values.help) {
@@ -195,6 +212,7 @@ export async function migrateCommand(args: string[]): Promise<number> {
     postcopy: values.postcopy || undefined,
     multifdChannels: wholeNumber("--multifd", values.multifd, 0, MAX_MULTIFD_CHANNELS),
     dedupe: dedupeChoice(values.dedupe, values["no-dedupe"]),
+    channel: channelChoice(values.channel),
   };
   const client = apiClient(values);
   return await runJob({

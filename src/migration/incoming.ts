@@ -14,6 +14,9 @@
  * `incoming-completed` once QEMU holds every page, as the guest runs here before that. With multifd the
  * incoming QEMU takes one socket per channel, connected main channel first (QEMU 7.2 takes the first
  * connection as the main channel), each fed by its own stream sink.
+ *
+ * With the direct channel (direct_channel.ts) there is no sink: the incoming QEMU reads a connection of its
+ * own, which the source opens once `prepared` says the destination expects it.
  */
 import { join } from "node:path";
 import type { Logger } from "../obs/log.ts";
@@ -21,7 +24,7 @@ import type { PeerIdentity } from "../transport/handshake.ts";
 import { RefusedError } from "../transport/chunk_sink.ts";
 import type { SinkTable } from "../transport/sink_table.ts";
 import { closeQuietly, type Duplex, receiveMessage, sendMessage } from "../transport/wire.ts";
-import type { DataConn } from "../transport/tls.ts";
+import { type DataConn, isPlainTcp } from "../transport/tls.ts";
 import type { VmManager } from "../vm/manager.ts";
 import { confineVmSpec } from "../vm/confine.ts";
 import { parseVmSpec } from "../vm/spec.ts";
@@ -36,9 +39,14 @@ import type { Roots } from "../agent/roots.ts";
 import type { ChunkStore } from "../dedupe/chunk_store.ts";
 import { DedupeSink, wantMessage } from "../dedupe/migration_io.ts";
 import type { QmpClient } from "./qmp.ts";
+import { directChannelBlocker, type DirectChannels } from "./direct_channel.ts";
 
-/** How often the destination asks QEMU whether the migrated guest runs yet. */
-const RUNNING_POLL_MS = 5;
+/**
+ * How often the destination asks QEMU whether the migrated guest runs yet, besides waiting for its RESUME
+ * event: a backstop only. Polling fast instead (it was 5 ms) takes the incoming QEMU's main loop, where it
+ * loads the stream, 200 times a second, and a core of a 2-core host with it.
+ */
+const RUNNING_POLL_MS = 500;
 /** How often, under postcopy, the destination asks QEMU whether it holds every page yet. */
 const POSTCOPY_POLL_MS = 50;
 /** Most multifd channels a source may ask for: each is a QEMU thread and a stream transfer. */
@@ -65,6 +73,8 @@ export interface IncomingDeps {
   log: Logger;
   /** The agent's chunk store, opened on first use; absent when it keeps none (dedupe.storeBytes 0). */
   dedupeStore?: () => Promise<ChunkStore>;
+  /** Where direct channels are expected; absent: every stream is carried by the agents. */
+  channels?: DirectChannels;
 }
 
 /** Sends on conn one message after another: the dedupe sink's WANTs and the handler's replies share it. */
@@ -107,6 +117,21 @@ async function pumpReturnPath(fromQemu: Duplex, send: (msg: object) => Promise<v
     const n = await fromQemu.read(buf);
     if (n === null) return;
     await send({ type: "return-path", data: buf.subarray(0, n).toBase64() } satisfies ReturnPathMessage);
+  }
+}
+
+/** Resolves once the incoming guest runs: QEMU's RESUME event, or the status seen by the backstop poll. */
+async function untilRunning(qmp: QmpClient): Promise<void> {
+  const resumed = Promise.withResolvers<void>();
+  const unsubscribe = qmp.on("RESUME", () => resumed.resolve());
+  try {
+    while (!(await qmp.queryStatus()).running) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([resumed.promise, new Promise((r) => timer = setTimeout(r, RUNNING_POLL_MS))]);
+      clearTimeout(timer);
+    }
+  } finally {
+    unsubscribe();
   }
 }
 
@@ -164,32 +189,44 @@ export function incomingMigrationHandler(deps: IncomingDeps) {
         await qmp.setCapabilities({ multifd: true });
         await qmp.setParameters({ "multifd-channels": multifd });
       }
-      await qmp.migrateIncoming(`unix:${socket}`);
-      // QEMU listens there for the migration stream; the sink writes what the streams deliver into it.
-      const toQemu = await connectUnix(socket, 10_000);
-      deduped = msg.dedupe === true ? await dedupeSink(deps, toQemu, send) : undefined;
-      withdrawals.push(deps.sinks.register(sinkName, deduped ?? toQemu));
-      // One after another: QEMU 7.2 accepts in order and takes the first connection as the main channel.
-      const channels: string[] = [];
-      for (let i = 1; i <= multifd; i++) {
-        const name = `${sinkName}-channel-${i}`;
-        withdrawals.push(deps.sinks.register(name, await connectUnix(socket, 10_000)));
-        channels.push(name);
+      const blocker = directChannelBlocker({
+        dedupe: msg.dedupe === true,
+        postcopy,
+        multifdChannels: multifd,
+        tls: !isPlainTcp(conn),
+      });
+      const direct = msg.direct === true && deps.channels !== undefined && blocker === undefined;
+      if (direct) {
+        withdrawals.push(deps.channels!.expect(String(msg.migrationId), peer.agentId, vm.fdMonitorSocket));
+        await send({ type: "prepared", sink: "", direct: true } satisfies PreparedMessage);
+      } else {
+        await qmp.migrateIncoming(`unix:${socket}`);
+        // QEMU listens there for the migration stream; the sink writes what the streams deliver into it.
+        const toQemu = await connectUnix(socket, 10_000);
+        deduped = msg.dedupe === true ? await dedupeSink(deps, toQemu, send) : undefined;
+        withdrawals.push(deps.sinks.register(sinkName, deduped ?? toQemu));
+        // One after another: QEMU 7.2 accepts in order and takes the first connection as the main channel.
+        const channels: string[] = [];
+        for (let i = 1; i <= multifd; i++) {
+          const name = `${sinkName}-channel-${i}`;
+          withdrawals.push(deps.sinks.register(name, await connectUnix(socket, 10_000)));
+          channels.push(name);
+        }
+        if (postcopy) pumpReturnPath(toQemu, send).catch(() => {}); // ends when QEMU's socket closes
+        await send(
+          {
+            type: "prepared",
+            sink: sinkName,
+            dedupe: deduped !== undefined,
+            ...(postcopy ? { postcopy: true } : {}),
+            ...(multifd > 0 ? { channels } : {}),
+          } satisfies PreparedMessage,
+        );
       }
-      if (postcopy) pumpReturnPath(toQemu, send).catch(() => {}); // ends when QEMU's socket closes
-      await send(
-        {
-          type: "prepared",
-          sink: sinkName,
-          dedupe: deduped !== undefined,
-          ...(postcopy ? { postcopy: true } : {}),
-          ...(multifd > 0 ? { channels } : {}),
-        } satisfies PreparedMessage,
-      );
 
       let guestRuns = false;
       const watch = (async () => {
-        while (!(await qmp.queryStatus()).running) await sleep(RUNNING_POLL_MS);
+        await untilRunning(qmp);
         guestRuns = true;
         await send({ type: "running" });
         if (!postcopy) return;

@@ -22,6 +22,12 @@
  *
  * With multifd (`multifdChannels: K` in migrate-prepare), `prepared` names one sink per multifd channel in
  * `channels`; each of QEMU's K + 1 connections travels as its own stream transfer.
+ *
+ * With the direct channel (`direct: true` in migrate-prepare, confirmed by `direct: true` in prepared, which
+ * then names no sink), QEMU's stream travels on a connection of its own that both agents hand to their
+ * QEMU (direct_channel.ts), opened by the source on the destination's data port:
+ *   source → dest  migrate-channel {migrationId, bufferBytes}   first message after the handshake
+ *   dest → source  channel-ready                          the incoming QEMU reads this socket now
  */
 import type { VmSpec } from "../vm/spec.ts";
 
@@ -35,17 +41,30 @@ export interface PrepareMessage {
   postcopy?: boolean;
   /** QEMU multifd channels besides the main one; 0 or absent: one channel. */
   multifdChannels?: number;
+  /** Asks for the direct channel; only without dedupe, postcopy and multifd. */
+  direct?: boolean;
 }
 
 export interface PreparedMessage {
   type: "prepared";
+  /** The stream sink for QEMU's stream (main channel); empty with the direct channel. */
   sink: string;
+  /** The destination waits for the direct channel; absent or false: QEMU's stream goes to `sink`. */
+  direct?: boolean;
   /** The sink takes the deduped stream; absent or false: QEMU's stream as it is. */
   dedupe?: boolean;
   /** The incoming QEMU is set for postcopy and this agent carries its return path. */
   postcopy?: boolean;
   /** With multifd: the sinks for QEMU's channels 1..K, in order (`sink` takes the main channel). */
   channels?: string[];
+}
+
+/** Opens the direct channel of a prepared migration (the connection's first message). */
+export interface ChannelMessage {
+  type: "migrate-channel";
+  migrationId: string;
+  /** The socket buffer each end sets (direct_channel.ts channelBufferBytes); absent: the kernel's own. */
+  bufferBytes?: number;
 }
 
 /** Bytes the incoming QEMU wrote on its migration socket (its return path), base64. */

@@ -37,6 +37,7 @@ import type { VmManager } from "../vm/manager.ts";
 import type { PeerLinks } from "../mode/links.ts";
 import type { ModeParameters } from "../mode/parameters.ts";
 import { tuneForForecast } from "./tuning.ts";
+import { channelBufferBytes, directChannelBlocker, startDirectSource } from "./direct_channel.ts";
 import type { MigrationInfo, QmpClient } from "./qmp.ts";
 import {
   DEFAULT_POLICY,
@@ -71,7 +72,15 @@ export interface MigrationRequest {
   postcopy?: boolean;
   /** QEMU multifd channels; default: the link mode's (0: one channel). Never with postcopy. */
   multifdChannels?: number;
+  /**
+   * How QEMU's stream travels: "streams", carried by the agents over their N streams (with codec, dedupe,
+   * TLS, multifd); "direct", QEMU writes into an authenticated agent connection handed to it
+   * (direct_channel.ts); "auto" (default): direct on a datacenter link when nothing asked needs the agents.
+   */
+  channel?: MigrationChannel;
 }
+
+export type MigrationChannel = "auto" | "direct" | "streams";
 
 /**
  * Whether a migration's stream travels deduped: the one switch point. Only when the request asks. It saves
@@ -104,6 +113,8 @@ export interface MigrationSnapshot {
   observedDowntimeMs?: number;
   totalTimeMs?: number;
   streams: number;
+  /** How QEMU's stream travels (MigrationRequest.channel); optional for snapshots of older agents. */
+  channel?: "direct" | "streams";
   /**
    * Whether postcopy is allowed, and the multifd channels in use (0: QEMU's single channel). Optional
    * because the CLI reads snapshots with this type from agents that may predate them.
@@ -239,6 +250,8 @@ export class OutgoingMigration {
   #dedupeAccepted = false;
   #dedupe?: DedupeSource;
   #dedupeDeclined?: string;
+  /** QEMU's stream goes on the direct channel (the destination agreed). */
+  #direct = false;
 
   constructor(
     readonly id: string,
@@ -256,11 +269,13 @@ export class OutgoingMigration {
 
   /**
    * Multifd channels asked of the destination. None with postcopy (QEMU 7.2 refuses the pair), and by
-   * default none with dedupe: multifd carries the pages outside the main channel, where dedupe never sees them.
+   * default none on the direct channel or with dedupe: multifd carries the pages outside the main channel,
+   * where dedupe never sees them.
    */
   get #multifdAsked(): number {
     if (this.req.postcopy) return 0;
     if (this.req.multifdChannels !== undefined) return this.req.multifdChannels;
+    if (this.req.channel === "direct") return 0; // QEMU's fd: migrations have one channel
     return wantsDedupe(this.req) ? 0 : this.#mode?.migration.multifdChannels ?? 0;
   }
 
@@ -274,7 +289,28 @@ export class OutgoingMigration {
   }
 
   get streams(): number {
+    if (this.#direct) return 1;
     return this.req.streams ?? this.#mode?.streams.count ?? this.#deps.defaults.streams;
+  }
+
+  /** Whether to ask the destination for the direct channel; throws when "direct" was asked but cannot be. */
+  #asksDirect(): boolean {
+    const channel = this.req.channel ?? "auto";
+    if (channel === "streams") return false;
+    const blocker = directChannelBlocker({
+      dedupe: wantsDedupe(this.req),
+      postcopy: this.req.postcopy === true,
+      multifdChannels: this.#multifdAsked,
+      tls: this.peer.tls !== undefined,
+    });
+    if (channel === "direct" && blocker) {
+      throw new MigrationError(
+        400,
+        "invalid_request",
+        `channel "direct" is not possible here: ${blocker}; ask for channel "streams" or "auto"`,
+      );
+    }
+    return blocker === undefined && (channel === "direct" || this.#mode?.mode === "datacenter");
   }
 
   /** Asks the destination to start the incoming VM; throws (for a 4xx/5xx answer) if it refuses. */
@@ -285,6 +321,7 @@ export class OutgoingMigration {
       const dedupe = wantsDedupe(this.req);
       const postcopy = this.req.postcopy === true;
       const multifdChannels = this.#multifdAsked;
+      const direct = this.#asksDirect();
       await sendMessage(
         conn,
         {
@@ -294,6 +331,7 @@ export class OutgoingMigration {
           dedupe,
           postcopy,
           multifdChannels,
+          direct,
         } satisfies PrepareMessage,
       );
       const prepared = await expectMessage<PreparedMessage>(conn, "prepared").catch((err) => {
@@ -309,6 +347,22 @@ export class OutgoingMigration {
           "peer_cannot_postcopy",
           `peer "${this.req.peer}" did not set its incoming VM up for postcopy (an agent without a ` +
             `return path for QEMU): migrate without postcopy, or upgrade that agent`,
+        );
+      }
+      this.#direct = direct && prepared.direct === true;
+      if (direct && !this.#direct) {
+        if (this.req.channel === "direct") {
+          await sendMessage(conn, { type: "abort", reason: "the destination cannot take a direct channel" });
+          throw new MigrationError(
+            409,
+            "peer_cannot_direct",
+            `peer "${this.req.peer}" did not agree to a direct channel (an agent from before it): ask for ` +
+              `channel "streams" or "auto", or upgrade that agent`,
+          );
+        }
+        this.#event(
+          "prepare",
+          "direct channel declined by the destination (an older agent): carried instead",
         );
       }
       this.#sink = prepared.sink;
@@ -361,8 +415,11 @@ export class OutgoingMigration {
       // A terminal phase is entered once and never left: its entry time is the end.
       elapsedMs: (isTerminal(this.#state.phase) ? this.#state.phaseSinceMs : this.#now()) -
         this.#state.startedAtMs,
-      bytesSent: channels.reduce((sum, c) => sum + c.bytesDone, 0),
-      bytesPerSec: channels.reduce((sum, c) => sum + c.bytesPerSec, 0),
+      // On the direct channel the agents see none of the stream: QEMU's counters are the figures.
+      bytesSent: this.#direct ? ram?.transferred ?? 0 : channels.reduce((sum, c) => sum + c.bytesDone, 0),
+      bytesPerSec: this.#direct
+        ? ((ram?.mbps ?? 0) * 1e6) / 8
+        : channels.reduce((sum, c) => sum + c.bytesPerSec, 0),
       remainingBytes: ram?.remaining,
       dirtyBytesPerSec: ram ? ram["dirty-pages-rate"] * ram["page-size"] : undefined,
       passes: ram?.["dirty-sync-count"],
@@ -371,6 +428,7 @@ export class OutgoingMigration {
       observedDowntimeMs: observed,
       totalTimeMs: this.#info["total-time"],
       streams: this.streams,
+      channel: this.#direct ? "direct" : "streams",
       postcopy: this.req.postcopy === true,
       multifdChannels: this.multifdChannels,
       postcopyRequests: this.req.postcopy ? ram?.["postcopy-requests"] : undefined,
@@ -464,10 +522,6 @@ export class OutgoingMigration {
 
   async #startSource(): Promise<void> {
     const vm = this.#deps.vms.get(this.vm)!;
-    const path = join(vm.runDir, `migrate-${this.id.slice(0, 8)}.sock`);
-    await Deno.remove(path).catch(() => {});
-    const listener = Deno.listen({ transport: "unix", path });
-    this.#listener = listener;
     const qmp = this.#qmp();
     const multifd = this.multifdChannels;
     if (multifd === 0 && this.#multifdAsked > 0) {
@@ -504,6 +558,22 @@ export class OutgoingMigration {
       }
       this.#poll();
     });
+    if (this.#direct) {
+      await startDirectSource({
+        peer: this.peer,
+        secret: this.#deps.secret,
+        identity: this.#deps.identity,
+        migrationId: this.id,
+        fdMonitorSocket: vm.fdMonitorSocket,
+        bufferBytes: channelBufferBytes(this.#mode?.streams),
+      });
+      this.#event("precopy", "QEMU migrates on the direct channel");
+      return this.#dispatch({ type: "sourceStarted" });
+    }
+    const path = join(vm.runDir, `migrate-${this.id.slice(0, 8)}.sock`);
+    await Deno.remove(path).catch(() => {});
+    const listener = Deno.listen({ transport: "unix", path });
+    this.#listener = listener;
     await qmp.migrate(`unix:${path}`);
     // QEMU connects its main channel first, then (with multifd) one connection per channel.
     const fromQemu = await listener.accept();

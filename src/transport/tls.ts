@@ -23,6 +23,15 @@ export interface DataConn extends Duplex {
   readonly remoteAddr: Deno.NetAddr;
 }
 
+/**
+ * Whether conn's bytes travel on its TCP socket as they are, with nothing read ahead, so that the socket
+ * itself can be handed to another reader (src/migration/direct_channel.ts).
+ */
+export function isPlainTcp(conn: DataConn): boolean {
+  if (conn instanceof SniffedConn) return conn.plain;
+  return !("handshake" in conn); // Deno.TlsConn has one, Deno.TcpConn not
+}
+
 /** The data port: plain (Deno.TcpListener as it is), TLS only, or both on one port. */
 export interface DataListener {
   readonly addr: Deno.NetAddr;
@@ -402,6 +411,11 @@ class SniffedConn implements DataConn {
   }
   get remoteAddr(): Deno.NetAddr {
     return this.conn.remoteAddr;
+  }
+
+  /** Sniffed as plain TCP, and the bytes read to sniff it all handed out. */
+  get plain(): boolean {
+    return this.#source === this.conn && this.#pending === undefined;
   }
 
   async read(p: Uint8Array): Promise<number | null> {

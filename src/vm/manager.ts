@@ -43,6 +43,8 @@ export interface VmInfo {
   runDir: string;
   qmpSocket: string;
   serialSocket: string;
+  /** The QMP monitor through which sockets are handed to QEMU (src/vm/qemu_args.ts). */
+  fdMonitorSocket: string;
   /** ISO time the start was asked for. */
   startedAt: string;
   stoppedAt?: string;
@@ -217,6 +219,7 @@ export class VmManager {
         runDir: dir,
         qmpSocket: join(dir, "qmp.sock"),
         serialSocket: join(dir, "serial.sock"),
+        fdMonitorSocket: join(dir, "fd-qmp.sock"),
         startedAt: new Date().toISOString(),
       },
       output: new OutputCapture(),
@@ -236,7 +239,7 @@ export class VmManager {
     const abort = new AbortController();
     try {
       await this.#checkFiles(spec);
-      for (const p of [info.qmpSocket, info.serialSocket]) {
+      for (const p of [info.qmpSocket, info.serialSocket, info.fdMonitorSocket]) {
         if (new TextEncoder().encode(p).length > MAX_SOCKET_PATH_BYTES) {
           throw this.#startError(
             spec.name,

@@ -11,6 +11,12 @@ export interface VmSocketPaths {
   qmpSocket: string;
   /** The guest's ttyS0 (QEMU listens; whoever wants the console connects). */
   serialSocket: string;
+  /**
+   * A second QMP monitor (QEMU listens), for handing sockets to QEMU: QEMU keeps passed descriptors per
+   * monitor, and the shim speaks on it while the agent's client holds the first (ffi/qmp_fd.ts). Absent:
+   * no second monitor.
+   */
+  fdMonitorSocket?: string;
 }
 
 /**
@@ -72,6 +78,14 @@ export function qemuArgs(
     "-serial",
     "chardev:ser0",
   );
+  if (paths.fdMonitorSocket !== undefined) {
+    args.push(
+      "-chardev",
+      `socket,id=fdmon,path=${escapeOptionValue(paths.fdMonitorSocket)},server=on,wait=off`,
+      "-mon",
+      "chardev=fdmon,mode=control",
+    );
+  }
   if (opts.incoming) args.push("-incoming", "defer");
   return args;
 }

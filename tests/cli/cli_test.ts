@@ -72,13 +72,13 @@ Deno.test("dwcp send/status/info against two real agents", async (t) => {
     });
 
     await t.step(
-      "migrate's --postcopy, --multifd and --dedupe reach the agent, which checks them",
+      "migrate's --postcopy, --multifd, --dedupe and --channel reach the agent, which checks them",
       async () => {
         const cases: [string[], RegExp][] = [
           [["--postcopy", "--multifd", "2"], /cannot combine postcopy with multifd/],
           [["--dedupe", "--multifd", "2"], /multifd carries the pages outside the channel dedupe reads/],
           // Valid flags get as far as the VM lookup.
-          [["--postcopy", "--no-dedupe"], /not_found: .*no-such-vm/],
+          [["--postcopy", "--no-dedupe", "--channel", "streams"], /not_found: .*no-such-vm/],
         ];
         for (const [flags, message] of cases) {
           const r = await runCli("migrate", "no-such-vm", "--to", B.dataAddr, ...flags, "--api", A.apiUrl);

@@ -222,6 +222,10 @@ Deno.test("CLI usage errors exit 2 and point at --help; --help exits 0", async (
     [["migrate", "demo", "--to", "b", "--max-rate", "0.5"], /--max-rate "0\.5" must be a number of MB\/s/],
     [["migrate", "demo", "--to", "b", "--multifd", "99"], /--multifd "99" must be a whole number 0\.\./],
     [["migrate", "demo", "--to", "b", "--dedupe", "--no-dedupe"], /--dedupe or --no-dedupe, not both/],
+    [
+      ["migrate", "demo", "--to", "b", "--channel", "pigeon"],
+      /--channel "pigeon" is not one of auto, direct/,
+    ],
     [["vm", "start", "demo"], /dwcp vm: --kernel FILE is required/],
     [
       ["vm", "start", "demo", "--kernel", "k", "--memory", "12"],

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { ShimError } from "../../ffi/library.ts";
-import { setCongestionControl, tcpInfo } from "../../ffi/tcp_info.ts";
+import { setCongestionControl, setSocketBuffers, tcpInfo } from "../../ffi/tcp_info.ts";
 
 const TCP_ESTABLISHED = 1;
 
@@ -166,4 +166,34 @@ Deno.test("setCongestionControl of a closed connection is false", async () => {
     await Promise.resolve();
   });
   assert.equal(setCongestionControl(endpoints!, "cubic"), false);
+});
+
+/** The kernel's socket buffers of the connection on these ports, as `ss -tm` shows them (rb and tb). */
+async function skmem(conn: Deno.TcpConn): Promise<{ rcvbuf: number; sndbuf: number }> {
+  const local = conn.localAddr as Deno.NetAddr, remote = conn.remoteAddr as Deno.NetAddr;
+  const out = await new Deno.Command("ss", {
+    args: ["-tmnH", "src", `${local.hostname}:${local.port}`, "dst", `${remote.hostname}:${remote.port}`],
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  const m = /rb(\d+),t\d+,tb(\d+)/.exec(text);
+  assert.ok(m, `ss shows no skmem for the connection: ${text}`);
+  return { rcvbuf: Number(m[1]), sndbuf: Number(m[2]) };
+}
+
+Deno.test("setSocketBuffers sets SO_SNDBUF and SO_RCVBUF (doubled by the kernel), each on its own", () =>
+  withPair("127.0.0.1", async (client, server) => {
+    const before = await skmem(client);
+    assert.equal(setSocketBuffers(client, { send: 300 * 1024 }), true);
+    assert.deepEqual(await skmem(client), { rcvbuf: before.rcvbuf, sndbuf: 600 * 1024 });
+    assert.equal(setSocketBuffers(server, { receive: 200 * 1024 }), true);
+    assert.equal((await skmem(server)).rcvbuf, 400 * 1024);
+  }));
+
+Deno.test("setSocketBuffers of a closed connection is false", async () => {
+  let closed: Deno.TcpConn | undefined;
+  await withPair("127.0.0.1", (client) => {
+    closed = client;
+    return Promise.resolve();
+  });
+  assert.equal(setSocketBuffers(closed!, { send: 256 * 1024 }), false);
 });

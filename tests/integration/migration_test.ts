@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import { dirname, join } from "node:path";
 import { startAgent, TEST_SECRET, type TestAgent } from "../support/agents.ts";
 import { serverHandshake } from "../../src/transport/handshake.ts";
-import { receiveMessage, sendMessage } from "../../src/transport/wire.ts";
+import { expectMessage, PeerError, receiveMessage, sendMessage } from "../../src/transport/wire.ts";
+import { dial } from "../../src/transport/dial.ts";
 import { guestImage } from "../support/guest_image.ts";
 import { HeartbeatMonitor } from "../support/heartbeat.ts";
 
@@ -122,20 +123,24 @@ function serialOf(agent: TestAgent, vm: string): string {
   return join(agent.stateDir, "run", vm, "serial.sock");
 }
 
-Deno.test({ name: "a 256 MiB guest migrates A→B and back, the same boot throughout", ...opts }, async () => {
+Deno.test({
+  name: "a 256 MiB guest migrates A→B on the direct channel and back over the streams, the same boot",
+  ...opts,
+}, async () => {
   await withAgents(async ({ a, b, image }) => {
     const vm = await startGuest(a, image, "g1", "console=ttyS0 quiet dwcp.mem_mib=96 dwcp.dirty_mibps=2");
     const hb = await HeartbeatMonitor.follow(vm.serialSocket);
     try {
       await hb.waitForReady();
-      for (const [from, to] of [[a, b], [b, a]]) {
+      for (const [from, to, channel] of [[a, b, "direct"], [b, a, "streams"]] as const) {
         const before = hb.lastCounter;
-        const res = await migrate(from, { vm: "g1", peer: to.dataAddr });
+        const res = await migrate(from, { vm: "g1", peer: to.dataAddr, channel });
         assert.equal(res.status, 201, JSON.stringify(res.body));
         // The destination VM exists once the migration is accepted; its console speaks once the guest runs.
         const switching = hb.switchTo(serialOf(to, "g1"));
         const done = await until(from, res.body.id, ended);
         assert.equal(done.phase, "completed", JSON.stringify(done.error));
+        assert.equal(done.channel, channel);
         assert.ok(done.bytesSent > 96 * 1024 * 1024, `the guest's memory crossed (${done.bytesSent} bytes)`);
         assert.ok(typeof done.downtimeMs === "number");
         await switching;
@@ -154,33 +159,40 @@ Deno.test({ name: "a 256 MiB guest migrates A→B and back, the same boot throug
   });
 });
 
-Deno.test(
-  { name: "the destination agent dies mid-migration: the guest keeps running on A", ...opts },
-  async () => {
-    await withAgents(async ({ a, b, image }) => {
-      const vm = await startGuest(a, image, "g2", "console=ttyS0 quiet dwcp.mem_mib=96");
-      const hb = await HeartbeatMonitor.follow(vm.serialSocket);
-      try {
-        await hb.waitForReady();
-        // A bandwidth cap keeps the copy going long enough to kill the destination in the middle of it.
-        const res = await migrate(a, { vm: "g2", peer: b.dataAddr, maxBytesPerSec: 16 * 1024 * 1024 });
-        assert.equal(res.status, 201, JSON.stringify(res.body));
-        await until(a, res.body.id, (m) => m.bytesSent > 16 * 1024 * 1024 || ended(m));
-        await b.kill();
-        const done = await until(a, res.body.id, ended);
-        assert.equal(done.phase, "failed");
-        assert.match(done.error!.message, /runs on the source/);
-        const after = hb.lastCounter;
-        await hb.waitForCounter(after + 20);
-        assert.deepEqual((await vmsOf(a)).map((v) => [v.name, v.state]), [["g2", "running"]]);
-        assert.equal(hb.bootIdChanged, false);
-        assert.equal(hb.wentBackwards, false);
-      } finally {
-        await hb.close();
-      }
-    });
-  },
-);
+for (const channel of ["streams", "direct"]) {
+  Deno.test(
+    { name: `the destination agent dies mid-migration (${channel}): the guest keeps running on A`, ...opts },
+    async () => {
+      await withAgents(async ({ a, b, image }) => {
+        const vm = await startGuest(a, image, "g2", "console=ttyS0 quiet dwcp.mem_mib=96");
+        const hb = await HeartbeatMonitor.follow(vm.serialSocket);
+        try {
+          await hb.waitForReady();
+          // A bandwidth cap keeps the copy going long enough to kill the destination in the middle of it.
+          const res = await migrate(a, {
+            vm: "g2",
+            peer: b.dataAddr,
+            maxBytesPerSec: 16 * 1024 * 1024,
+            channel,
+          });
+          assert.equal(res.status, 201, JSON.stringify(res.body));
+          await until(a, res.body.id, (m) => m.bytesSent > 16 * 1024 * 1024 || ended(m));
+          await b.kill();
+          const done = await until(a, res.body.id, ended);
+          assert.equal(done.phase, "failed");
+          assert.match(done.error!.message, /runs on the source/);
+          const after = hb.lastCounter;
+          await hb.waitForCounter(after + 20);
+          assert.deepEqual((await vmsOf(a)).map((v) => [v.name, v.state]), [["g2", "running"]]);
+          assert.equal(hb.bootIdChanged, false);
+          assert.equal(hb.wentBackwards, false);
+        } finally {
+          await hb.close();
+        }
+      });
+    },
+  );
+}
 
 Deno.test({ name: "a cancelled migration leaves the guest on A and nothing on B", ...opts }, async () => {
   await withAgents(async ({ a, b, image }) => {
@@ -358,6 +370,9 @@ Deno.test({ name: "bad migration requests get clear 4xx/5xx answers", ...opts },
       [{ vm: "g5", peer: b.dataAddr, multifdChannels: 99 }, 400, "invalid_request"],
       [{ vm: "g5", peer: b.dataAddr, postcopy: "yes" }, 400, "invalid_request"],
       [{ vm: "g5", peer: b.dataAddr, streams: 0 }, 400, "invalid_request"],
+      [{ vm: "g5", peer: b.dataAddr, channel: "pigeon" }, 400, "invalid_request"],
+      [{ vm: "g5", peer: b.dataAddr, channel: "direct", dedupe: true }, 400, "invalid_request"],
+      [{ vm: "g5", peer: b.dataAddr, channel: "direct", postcopy: true }, 400, "invalid_request"],
     ];
     for (const [body, status, code] of cases) {
       const res = await a.json<{ error: { code: string; message: string } }>("/v1/migrations", {
@@ -377,6 +392,28 @@ Deno.test({ name: "bad migration requests get clear 4xx/5xx answers", ...opts },
     assert.match(refused.body.error.message, /migrate without postcopy/);
     // The half-prepared destination is told to stop its incoming VM.
     assert.deepEqual(await old.received, ["migrate-prepare", "abort"]);
+    // The same for a direct channel the destination does not offer.
+    const older = agentWithoutPostcopy();
+    const noDirect = await a.json<{ error: { code: string; message: string } }>("/v1/migrations", {
+      method: "POST",
+      body: JSON.stringify({ vm: "g5", peer: older.address, channel: "direct" }),
+    });
+    assert.equal(noDirect.status, 409, JSON.stringify(noDirect.body));
+    assert.equal(noDirect.body.error.code, "peer_cannot_direct");
+    assert.deepEqual(await older.received, ["migrate-prepare", "abort"]);
+    // A direct channel no migration waits for is refused, and nothing is handed to any QEMU.
+    const [host, port] = b.dataAddr.split(":");
+    const stray = await dial({ host, port: Number(port) }, TEST_SECRET, {
+      agentId: "a",
+      capabilities: { codecs: ["none"], rdma: false },
+    });
+    await sendMessage(stray, { type: "migrate-channel", migrationId: "no-such-migration" });
+    await assert.rejects(
+      expectMessage(stray, "channel-ready"),
+      (err) =>
+        err instanceof PeerError && err.code === "unknown_migration" && /no-such-migration/.test(err.message),
+    );
+    stray.close();
     const first = await migrate(a, { vm: "g5", peer: b.dataAddr, maxBytesPerSec: 4 * 1024 * 1024 });
     assert.equal(first.status, 201, JSON.stringify(first.body));
     const second = await a.json<{ error: { code: string } }>("/v1/migrations", {

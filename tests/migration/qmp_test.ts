@@ -16,47 +16,7 @@ import {
   QmpTimeoutError,
 } from "../../src/migration/qmp.ts";
 import { duplexPair, type MemoryConn } from "../transport/memory_duplex.ts";
-
-const QEMU = "qemu-system-x86_64";
-
-/** A guestless QEMU that stays paused (-S) until told otherwise, with its QMP socket in a temp dir. */
-class BareQemu {
-  readonly exited: Promise<Deno.CommandStatus>;
-
-  private constructor(readonly child: Deno.ChildProcess, readonly dir: string, readonly qmpSocket: string) {
-    this.exited = child.status;
-  }
-
-  static async start(extra: string[] = [], dir?: string): Promise<BareQemu> {
-    dir ??= await Deno.makeTempDir({ prefix: "dwcp-qmp-" });
-    const qmpSocket = join(dir, "qmp.sock");
-    const args = [
-      ...["-accel", "tcg", "-machine", "q35", "-m", "64M", "-nodefaults", "-no-user-config"],
-      ...["-display", "none", "-S", "-qmp", `unix:${qmpSocket},server=on,wait=off`],
-      ...extra,
-    ];
-    const child = new Deno.Command(QEMU, { args, stdin: "null", stdout: "null", stderr: "null" }).spawn();
-    return new BareQemu(child, dir, qmpSocket);
-  }
-
-  signal(sig: Deno.Signal): void {
-    try {
-      this.child.kill(sig);
-    } catch { /* already exited */ }
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.signal("SIGCONT");
-    this.signal("SIGKILL");
-    await this.exited;
-    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
-  }
-}
-
-async function connected(q: BareQemu): Promise<QmpClient & AsyncDisposable> {
-  const c = await QmpClient.connect(q.qmpSocket);
-  return Object.assign(c, { [Symbol.asyncDispose]: () => Promise.resolve(c.close()) });
-}
+import { BareQemu, connected } from "../support/bare_qemu.ts";
 
 Deno.test("connect: greeting version and query-status of a paused QEMU", async () => {
   await using q = await BareQemu.start();

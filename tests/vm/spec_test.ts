@@ -92,7 +92,11 @@ Deno.test("spec: paths, disks, accelerator, unknown fields", () => {
 
 // --- qemu_args ------------------------------------------------------------------------------------------
 
-const PATHS = { qmpSocket: "/run/dwcp/vm-1/qmp.sock", serialSocket: "/run/dwcp/vm-1/serial.sock" };
+const PATHS = {
+  qmpSocket: "/run/dwcp/vm-1/qmp.sock",
+  serialSocket: "/run/dwcp/vm-1/serial.sock",
+  fdMonitorSocket: "/run/dwcp/vm-1/fd-qmp.sock",
+};
 
 /** The value following each occurrence of a flag. */
 function values(args: string[], flag: string): string[] {
@@ -122,7 +126,9 @@ Deno.test("qemu_args: a TCG guest with initrd and disks", () => {
   assert.deepEqual(values(args, "-qmp"), ["unix:/run/dwcp/vm-1/qmp.sock,server=on,wait=off"]);
   assert.deepEqual(values(args, "-chardev"), [
     "socket,id=ser0,path=/run/dwcp/vm-1/serial.sock,server=on,wait=off",
+    "socket,id=fdmon,path=/run/dwcp/vm-1/fd-qmp.sock,server=on,wait=off",
   ]);
+  assert.deepEqual(values(args, "-mon"), ["chardev=fdmon,mode=control"]);
   assert.deepEqual(values(args, "-serial"), ["chardev:ser0"]);
   for (const flag of ["-nodefaults", "-no-user-config"]) assert.ok(args.includes(flag), flag);
   assert.deepEqual(values(args, "-display"), ["none"]);
@@ -146,11 +152,17 @@ Deno.test("qemu_args: source and destination differ only in sockets and -incomin
     disks: [{ path: "/shared/root.img" }],
   });
   const src = qemuArgs(spec, "tcg", PATHS);
-  const dstPaths = { qmpSocket: "/other/qmp.sock", serialSocket: "/other/serial.sock" };
+  const dstPaths = {
+    qmpSocket: "/other/qmp.sock",
+    serialSocket: "/other/serial.sock",
+    fdMonitorSocket: "/other/fd-qmp.sock",
+  };
   const dst = qemuArgs(spec, "tcg", dstPaths, { incoming: true });
   assert.deepEqual(dst.slice(-2), ["-incoming", "defer"]);
   const normalize = (args: string[], p: typeof PATHS) =>
-    args.map((a) => a.replace(p.qmpSocket, "QMP").replace(p.serialSocket, "SERIAL"));
+    args.map((a) =>
+      a.replace(p.qmpSocket, "QMP").replace(p.serialSocket, "SERIAL").replace(p.fdMonitorSocket, "FDMON")
+    );
   assert.deepEqual(normalize(dst.slice(0, -2), dstPaths), normalize(src, PATHS));
   // Pure: the same inputs give the same arguments.
   assert.deepEqual(qemuArgs(spec, "tcg", PATHS), src);
