@@ -16,6 +16,10 @@
  *
  * Multifd: with K channels QEMU opens 1 + K connections to the socket, the main channel first; each is
  * carried as its own stream transfer into the sink the destination named for that channel, in order.
+ *
+ * The direct channel (direct_channel.ts), on a datacenter link where nothing needs the streams: QEMU
+ * migrates on an authenticated connection to the destination's data port that each agent hands to its own
+ * QEMU; the agents then only drive the state machine, and QEMU's counters are the progress.
  */
 import { join } from "node:path";
 import type { Logger } from "../obs/log.ts";
