@@ -6,11 +6,9 @@
  * detaches its own (detachTcp) and closes it, which then leaves QEMU's socket alone.
  */
 import { check, native } from "./library.ts";
-import { cString, endpointArgs, type TcpEndpoints } from "./tcp_info.ts";
+import { cString, endpointArgs, ENOTFOUND, type TcpEndpoints } from "./tcp_info.ts";
 
 const utf8 = new TextDecoder();
-/** The shim's DWCP_ENOTFOUND: no socket with those addresses is open in this process. */
-const ENOTFOUND = -7;
 const REPLY_CAP = 64 * 1024;
 
 /** QEMU refused the command run with the descriptor; class and desc are QEMU's. */

@@ -9,7 +9,7 @@ import { check, native } from "./library.ts";
  * The shim's DWCP_ENOTFOUND: no open socket has those addresses (it closed, or is in TIME_WAIT), or, when
  * setting, none this process holds.
  */
-const ENOTFOUND = -7;
+export const ENOTFOUND = -7;
 
 /**
  * What the kernel reports for one TCP socket. Counters are cumulative over the socket's life. A field is
