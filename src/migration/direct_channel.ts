@@ -49,8 +49,11 @@ export const MAX_CHANNEL_BUFFER_BYTES = 16 * 1024 * 1024;
  */
 export function channelBufferBytes(link: { linkBytesPerSec: number; rttMs: number } | undefined): number {
   const bdp = link ? link.linkBytesPerSec * link.rttMs / 1000 : 0;
-  return Math.round(Math.min(MAX_CHANNEL_BUFFER_BYTES, Math.max(MIN_CHANNEL_BUFFER_BYTES, 2 * bdp)));
+  return withinBufferBounds(2 * bdp);
 }
+
+const withinBufferBounds = (bytes: number) =>
+  Math.round(Math.min(MAX_CHANNEL_BUFFER_BYTES, Math.max(MIN_CHANNEL_BUFFER_BYTES, bytes)));
 
 /** Why a migration cannot take the direct channel, or undefined when it can. */
 export function directChannelBlocker(opts: {
@@ -128,8 +131,7 @@ export class DirectChannels {
       const bufferBytes = Number((first as ChannelMessage).bufferBytes);
       try {
         if (Number.isFinite(bufferBytes)) {
-          const bytes = Math.min(MAX_CHANNEL_BUFFER_BYTES, Math.max(MIN_CHANNEL_BUFFER_BYTES, bufferBytes));
-          setSocketBuffers(conn, { receive: bytes });
+          setSocketBuffers(conn, { receive: withinBufferBounds(bufferBytes) });
         }
         await passTcpToQemu(waiting.fdMonitorSocket, conn, FD_NAME, {
           execute: "migrate-incoming",
