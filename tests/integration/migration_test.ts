@@ -217,6 +217,50 @@ Deno.test({ name: "a cancelled migration leaves the guest on A and nothing on B"
 });
 
 Deno.test({
+  name: "auto takes the direct channel once the link is datacenter; cancelled, the guest stays on A",
+  ...opts,
+}, async () => {
+  const image = await guestImage();
+  const extraRoots = [dirname(image.kernel)];
+  const b = await startAgent({ id: "b", extraRoots });
+  // A configured peer is probed (here every 100 ms); three round trips decide its mode.
+  const a = await startAgent({
+    id: "a",
+    extraRoots,
+    peers: { b: b.dataAddr },
+    link: { probeIntervalMs: 100 },
+  });
+  try {
+    const vm = await startGuest(a, image, "g9", "console=ttyS0 quiet dwcp.mem_mib=96");
+    const hb = await HeartbeatMonitor.follow(vm.serialSocket);
+    try {
+      await hb.waitForReady();
+      type Peers = { peers: { id: string; mode: { current: string | null } }[] };
+      while ((await a.json<Peers>("/v1/peers")).body.peers.find((p) => p.id === "b")?.mode.current === null) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const res = await migrate(a, { vm: "g9", peer: "b", maxBytesPerSec: 16 * 1024 * 1024 });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      assert.equal(res.body.channel, "direct", JSON.stringify(res.body));
+      await until(a, res.body.id, (m) => m.bytesSent > 8 * 1024 * 1024 || ended(m));
+      const del = await a.json<Migration>(`/v1/migrations/${res.body.id}`, { method: "DELETE" });
+      assert.equal(del.status, 200, JSON.stringify(del.body));
+      const done = await until(a, res.body.id, ended);
+      assert.equal(done.phase, "cancelled", JSON.stringify(done));
+      await hb.waitForCounter(hb.lastCounter + 20);
+      assert.deepEqual((await vmsOf(a)).map((v) => [v.name, v.state]), [["g9", "running"]]);
+      await untilVms(b, []);
+      assert.equal(hb.bootIdChanged, false);
+    } finally {
+      await hb.close();
+    }
+  } finally {
+    await a.stop();
+    await b.stop();
+  }
+});
+
+Deno.test({
   name: "a guest dirtying memory faster than the link converges by throttling, or aborts cleanly",
   ...opts,
 }, async () => {
