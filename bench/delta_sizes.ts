@@ -34,7 +34,8 @@
  * 64 KiB page of the second dump against the same page of the first: how many pages are unchanged, zero,
  * delta (whenever smaller than the page) or whole, how much of each changed page changed (histogram), the
  * control + literal bytes of the delta pages (all, those with at most 10 % and with at most 1 % changed:
- * the seed report's case, on real pages, before the streams' zstd), and the payload of
+ * the seed report's case, on real pages, before the streams' zstd), the pages with about 1 % changed (0.5 to
+ * 1.5 %) packed 1 MiB at a time through DeltaEncoder: their payload per page after zstd, and the payload of
  * the whole dump: ChunkEncoder (zero pages, then the codec) without deltas, and DeltaEncoder against the
  * first dump with a page sent as a delta only below 256, 128 or 64 256ths of it, whole pages raw or zstd 3.
  *
@@ -324,6 +325,11 @@ interface GuestFigures {
   onePctDeltaMean: number;
   onePctDeltaP50: number;
   onePctDeltaP99: number;
+  /**
+   * Pages with about 1 % of their bytes changed (0.5 to 1.5 %): how many, the bytes that changed (mean),
+   * and their payload per page once packed 1 MiB at a time through DeltaEncoder (zstd on the streams).
+   */
+  nearOnePct: { pages: number; changedMean: number; zstdMean: number };
   /** Payload bytes of the whole second dump, by whole-page codec: without deltas, and with deltas at each share. */
   wire: Record<string, Record<string, number>>;
   rawBytes: number;
@@ -355,6 +361,22 @@ async function guestFigures(t0: string, t1: string, pageBytes: number, note: str
   const smallSizes: number[] = [];
   const onePctSizes: number[] = [];
   let onePctChanged = 0;
+  // Pages with about 1 % changed, packed with their bases into 1 MiB chunks for DeltaEncoder.
+  const near = { pages: 0, changed: 0, wireBytes: 0, packed: 0 };
+  const nearNew = new Uint8Array(CHUNK), nearBase = new Uint8Array(CHUNK);
+  const nearEncoder = new DeltaEncoder(CHUNK, 0, { pageBytes });
+  const flushNear = async () => {
+    if (near.packed === 0) return;
+    const used = near.packed * pageBytes;
+    const enc = await nearEncoder.encode(
+      nearNew.subarray(0, used),
+      used,
+      nearBase.subarray(0, used),
+      () => "zstd",
+    );
+    near.wireBytes += enc ? enc.encLen : used;
+    near.packed = 0;
+  };
   const wire: Record<string, Record<string, number>> = {};
   const add = (codec: string, how: string, n: number) =>
     (wire[codec] ??= {})[how] = (wire[codec]?.[how] ?? 0) + n;
@@ -379,6 +401,13 @@ async function guestFigures(t0: string, t1: string, pageBytes: number, note: str
           onePctSizes.push(bytes);
           onePctChanged += diff;
         }
+        if (s > 0.005 && s <= 0.015) {
+          nearNew.set(page, near.packed * pageBytes);
+          nearBase.set(basePage, near.packed * pageBytes);
+          near.pages++;
+          near.changed += diff;
+          if (++near.packed * pageBytes === CHUNK) await flushNear();
+        }
       }
       for (const codec of ["none", "zstd"] as const) {
         const p = await plainEncoder.encode(chunk.subarray(0, n), n, () => codec);
@@ -389,9 +418,11 @@ async function guestFigures(t0: string, t1: string, pageBytes: number, note: str
         }
       }
     }
+    await flushNear();
   } finally {
     a.close();
     b.close();
+    nearEncoder.close();
     deltaEncoders.forEach((e) => e.close());
     plainEncoder.close();
   }
@@ -415,6 +446,11 @@ async function guestFigures(t0: string, t1: string, pageBytes: number, note: str
     onePctDeltaMean: onePctSizes.length ? mean(onePctSizes) : 0,
     onePctDeltaP50: onePctSizes.length ? quantile(onePctSorted, 0.5) : 0,
     onePctDeltaP99: onePctSizes.length ? quantile(onePctSorted, 0.99) : 0,
+    nearOnePct: {
+      pages: near.pages,
+      changedMean: near.pages ? near.changed / near.pages : 0,
+      zstdMean: near.pages ? near.wireBytes / near.pages : 0,
+    },
     wire,
     rawBytes: raw,
   };
@@ -464,6 +500,15 @@ function guestTable(gs: GuestFigures[]): string {
     SHARE_BINS.map(([n]) => n).join(" / ") +
     " (all) | delta bytes mean / p50 / p99 | same, pages ≤ 10 % changed | same, pages ≤ 1 % changed (pages, mean changed bytes) |\n" +
     "|---|---|---|---|---|---|---|---|---|---|\n" + lines.join("\n") +
+    "\n\nPages with about 1 % of their bytes changed (0.5 to 1.5 %), packed 1 MiB at a time through " +
+    "DeltaEncoder (zstd 3 on the streams, header and kind map included), beside the seed report's " +
+    `${SEED_REPORT_BYTES} bytes:\n\n` +
+    gs.map((g) =>
+      `- ${g.pageBytes / KiB} KiB pages: ${g.nearOnePct.pages} pages, ${
+        g.nearOnePct.changedMean.toFixed(1)
+      } ` +
+      `bytes changed on average, ${g.nearOnePct.zstdMean.toFixed(1)} bytes per page on the wire`
+    ).join("\n") +
     `\n\nPayload MiB for the second dump (raw ${
       (gs[0].rawBytes / MiB).toFixed(0)
     } MiB), by the codec of the whole ` +
