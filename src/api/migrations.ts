@@ -3,7 +3,7 @@ import { Hono } from "hono";
 import { z } from "zod";
 import { MAX_MULTIFD_CHANNELS } from "../migration/incoming.ts";
 import { isTerminal } from "../migration/machine.ts";
-import type { MigrationService } from "../migration/service.ts";
+import { MIGRATION_CHANNELS, type MigrationService } from "../migration/service.ts";
 import { LIMITS } from "../transport/receiver.ts";
 import { ApiError } from "./errors.ts";
 import { followSSE } from "./sse.ts";
@@ -26,7 +26,7 @@ const createMigration = z.object({
   multifdChannels: z.number().int().min(0).max(MAX_MULTIFD_CHANNELS, {
     message: `multifdChannels must be 0..${MAX_MULTIFD_CHANNELS} (0: one migration channel)`,
   }).optional(),
-  channel: z.enum(["auto", "direct", "streams"], {
+  channel: z.enum(MIGRATION_CHANNELS, {
     message: 'channel must be "auto", "direct" (QEMU writes into the agents\' connection) or "streams" ' +
       "(the agents carry the stream)",
   }).optional(),

@@ -8,7 +8,7 @@ import { MAX_MULTIFD_CHANNELS } from "../migration/incoming.ts";
 import { isTerminal } from "../migration/machine.ts";
 import { LIMITS } from "../transport/receiver.ts";
 import type { ApiClient, MigrationRequest, MigrationSnapshot } from "./client.ts";
-import type { MigrationChannel } from "../migration/service.ts";
+import { MIGRATION_CHANNELS, type MigrationChannel } from "../migration/service.ts";
 import {
   apiClient,
   CLIENT_OPTIONS,
@@ -162,13 +162,11 @@ export async function watchMigration(
   return last;
 }
 
-const CHANNELS: readonly MigrationChannel[] = ["auto", "direct", "streams"];
-
-/** --channel: one of CHANNELS, or undefined (the agent's default, auto). */
+/** --channel: one of MIGRATION_CHANNELS, or undefined (the agent's default, auto). */
 function channelChoice(text: string | undefined): MigrationChannel | undefined {
   if (text === undefined) return undefined;
-  const channel = CHANNELS.find((c) => c === text);
-  if (!channel) throw new UsageError(`--channel "${text}" is not one of ${CHANNELS.join(", ")}`);
+  const channel = MIGRATION_CHANNELS.find((c) => c === text);
+  if (!channel) throw new UsageError(`--channel "${text}" is not one of ${MIGRATION_CHANNELS.join(", ")}`);
   return channel;
 }
 

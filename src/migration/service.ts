@@ -84,7 +84,8 @@ export interface MigrationRequest {
   channel?: MigrationChannel;
 }
 
-export type MigrationChannel = "auto" | "direct" | "streams";
+export const MIGRATION_CHANNELS = ["auto", "direct", "streams"] as const;
+export type MigrationChannel = typeof MIGRATION_CHANNELS[number];
 
 /**
  * Whether a migration's stream travels deduped: the one switch point. Only when the request asks. It saves
