@@ -5,19 +5,17 @@
  * wrong bytes: the checksums catch them and the sender resends those chunks whole.
  */
 import assert from "node:assert/strict";
+import { startLoopbackServer } from "../support/data_server.ts";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { CODECS } from "../../ffi/codec.ts";
-import { Roots } from "../../src/agent/roots.ts";
 import { TransferProgress } from "../../src/obs/progress.ts";
 import { FileSource } from "../../src/transport/chunk_source.ts";
 import { type DeltaStatus, FileHashCache, matchBase } from "../../src/transport/delta_base.ts";
 import type { BaseRef } from "../../src/transport/messages.ts";
 import { PeerError } from "../../src/transport/wire.ts";
 import type { PeerIdentity } from "../../src/transport/handshake.ts";
-import { DataServer } from "../../src/transport/receiver.ts";
 import { OutgoingTransfer } from "../../src/transport/sender.ts";
-import { SinkTable } from "../../src/transport/sink_table.ts";
 import { mulberry32, randInt } from "./prng.ts";
 
 const KiB = 1024, MiB = 1024 * KiB;
@@ -125,21 +123,8 @@ async function sendAgainstBase(
   named?: BaseRef,
 ): Promise<Run> {
   const senderDir = await Deno.makeTempDir();
-  const receiverDir = await Deno.makeTempDir();
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const incoming: TransferProgress[] = [];
-  const server = new DataServer(listener, {
-    secret: SECRET,
-    identity: receiverId,
-    roots: new Roots([receiverDir]),
-    windowChunks: 4,
-    fsync: false,
-    sinks: new SinkTable(),
-    exchanges: {},
-    onIncoming: (p) => incoming.push(p),
-    log: () => {},
-  });
-  const serving = server.serve();
+  const receiver = await startLoopbackServer(SECRET, receiverId);
+  const receiverDir = receiver.dir, incoming = receiver.incoming;
   try {
     const srcPath = join(senderDir, "next"), basePath = join(senderDir, "base");
     await Deno.writeFile(srcPath, next);
@@ -162,7 +147,7 @@ async function sendAgainstBase(
     const transfer = await OutgoingTransfer.open(
       {
         transferId,
-        peer: { host: "127.0.0.1", port: server.addr.port },
+        peer: { host: "127.0.0.1", port: receiver.port },
         target: {
           mode: "file",
           destination: "file",
@@ -195,10 +180,8 @@ async function sendAgainstBase(
       arrived: await Deno.readFile(join(receiverDir, "file")),
     };
   } finally {
-    await server.close();
-    await serving;
+    await receiver.close();
     await Deno.remove(senderDir, { recursive: true });
-    await Deno.remove(receiverDir, { recursive: true });
   }
 }
 
