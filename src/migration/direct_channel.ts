@@ -116,7 +116,8 @@ export class DirectChannels {
   /** The data port's handler for `migrate-channel`. */
   handler() {
     return async (conn: DataConn, first: { type: string }, peer: PeerIdentity): Promise<void> => {
-      const id = String((first as ChannelMessage).migrationId);
+      const msg = first as ChannelMessage;
+      const id = String(msg.migrationId);
       const waiting = this.#waiting.get(id);
       if (!waiting || waiting.agentId !== peer.agentId) {
         throw new RefusedError(
@@ -128,7 +129,7 @@ export class DirectChannels {
         throw new RefusedError("invalid_request", "a direct migration channel must be plain TCP, not TLS");
       }
       this.#waiting.delete(id);
-      const bufferBytes = Number((first as ChannelMessage).bufferBytes);
+      const bufferBytes = Number(msg.bufferBytes);
       try {
         if (Number.isFinite(bufferBytes)) {
           setSocketBuffers(conn, { receive: withinBufferBounds(bufferBytes) });

@@ -171,7 +171,6 @@ export function incomingMigrationHandler(deps: IncomingDeps) {
     if (running(spec.name)) {
       throw new RefusedError("vm_exists", `a VM named "${spec.name}" already exists on this agent`);
     }
-    const sinkName = `migration-${String(msg.migrationId).slice(0, 36)}`;
     const postcopy = msg.postcopy === true;
     const multifd = multifdChannelsOf(msg);
     deps.log("incoming migration", { vm: spec.name, from: peer.agentId, migration: msg.migrationId });
@@ -181,7 +180,6 @@ export function incomingMigrationHandler(deps: IncomingDeps) {
     const withdrawals: (() => void)[] = [];
     let deduped: DedupeSink | undefined;
     try {
-      const socket = join(vm.runDir, "incoming.sock");
       const qmp = deps.vms.qmp(spec.name);
       // Capabilities go on before migrate-incoming: QEMU reads them when the stream starts.
       if (postcopy) await enablePostcopy(qmp);
@@ -200,6 +198,8 @@ export function incomingMigrationHandler(deps: IncomingDeps) {
         withdrawals.push(deps.channels!.expect(String(msg.migrationId), peer.agentId, vm.fdMonitorSocket));
         await send({ type: "prepared", sink: "", direct: true } satisfies PreparedMessage);
       } else {
+        const socket = join(vm.runDir, "incoming.sock");
+        const sinkName = `migration-${String(msg.migrationId).slice(0, 36)}`;
         await qmp.migrateIncoming(`unix:${socket}`);
         // QEMU listens there for the migration stream; the sink writes what the streams deliver into it.
         const toQemu = await connectUnix(socket, 10_000);
