@@ -3,7 +3,7 @@
  * page with 1 % changed bytes as a 40-byte delta". A script, not a `deno bench` file: it boots a guest.
  *
  *   deno run --allow-all bench/delta_sizes.ts [--pages 2000] [--no-guest] [--memory-mib 512]
- *     [--fill-mib 192] [--dirty-mibps 4] [--interval-s 10] [--out results.json]
+ *     [--fill-mib 192] [--dirty-mibps 4] [--interval-s 10] [--intervals 4] [--out results.json]
  *
  * Synthetic pages: a base page of random bytes, and a newer version made by one change model at 0.1 %,
  * 1 % and 10 % of the page's bytes (k = round(fraction × page bytes): 4, 41, 410 at 4 KiB; 66, 655, 6554
@@ -25,19 +25,24 @@
  * bytes as delta.c writes them (XOR, runs of equal bytes left out; no codec), mean / p50 / p99; whole =
  * pages whose streams would not be smaller than the page (they travel whole, and count as a page's bytes
  * in the delta columns); +zstd = the mean payload bytes per page once the pages of 1 MiB chunks go
- * through DeltaEncoder (zstd 3 on each stream, the 12-byte header and the 2-bit kind map included): the
- * figure that travels; zstd alone = zstd 3 on the bare XOR of each 1 MiB chunk (no run step), per page,
- * to show what each stage contributes.
+ * through DeltaEncoder (zstd on each stream, level 12 up to 16 KiB; the 12-byte header and the 2-bit kind
+ * map included): the figure that travels; zstd alone = zstd 3 on the bare XOR of each 1 MiB chunk (no run
+ * step), per page, to show what each stage contributes.
  *
  * Real pages: the test guest (tests/support/guest_image.ts) under TCG holding --fill-mib of data that its
- * workload rewrites at --dirty-mibps, saved with QMP pmemsave twice, --interval-s apart; every 4 KiB and
- * 64 KiB page of the second dump against the same page of the first: how many pages are unchanged, zero,
- * delta (whenever smaller than the page) or whole, how much of each changed page changed (histogram), the
- * control + literal bytes of the delta pages (all, those with at most 10 % and with at most 1 % changed:
- * the seed report's case, on real pages, before the streams' zstd), the pages with about 1 % changed (0.5 to
- * 1.5 %) packed 1 MiB at a time through DeltaEncoder: their payload per page after zstd, and the payload of
+ * workload rewrites at --dirty-mibps, saved with QMP pmemsave --intervals + 1 times, --interval-s apart;
+ * every 4 KiB and 64 KiB page of the second dump against the same page of the first: how many pages are
+ * unchanged, zero, delta (whenever smaller than the page) or whole, how much of each changed page changed
+ * (histogram), the control + literal bytes of the delta pages (all, those with at most 10 % and with at
+ * most 1 % changed: the seed report's case, on real pages, before the streams' zstd), and the payload of
  * the whole dump: ChunkEncoder (zero pages, then the codec) without deltas, and DeltaEncoder against the
  * first dump with a page sent as a delta only below 256, 128 or 64 256ths of it, whole pages raw or zstd 3.
+ * Then, interval by interval, the pages with about 1 % changed (0.5 to 1.5 %) packed 1 MiB at a time
+ * through DeltaEncoder: their payload per page after zstd. A 10 s interval holds about 50 such 4 KiB pages,
+ * so they share one chunk, and the chunk's fixed costs (header, zstd frames and tables) weigh more than in
+ * the synthetic rows' full chunks. The workload comes round to its first block after fill / dirty seconds
+ * (48 s by default) and rewrites its own pages with data much like theirs: intervals past that count
+ * hundreds of such pages changed alike, which pack to 13 to 33 bytes each, so the default stops short of it.
  *
  * Speed: bench/delta_bench.ts (deno bench). Progress goes to stderr, tables to stdout; --out writes every
  * figure as JSON.
@@ -64,6 +69,7 @@ const { values: args } = parseArgs({
     "fill-mib": { type: "string", default: "192" },
     "dirty-mibps": { type: "string", default: "4" },
     "interval-s": { type: "string", default: "10" },
+    intervals: { type: "string", default: "4" },
     out: { type: "string" },
   },
 });
@@ -73,6 +79,7 @@ const memoryMiB = intArg("memory-mib", args["memory-mib"], 128, MAX_MEMORY_MIB);
 const fillMib = intArg("fill-mib", args["fill-mib"], 1, memoryMiB - 64);
 const dirtyMibps = intArg("dirty-mibps", args["dirty-mibps"], 0, 1024);
 const intervalS = intArg("interval-s", args["interval-s"], 1, 3600);
+const intervals = intArg("intervals", args.intervals, 1, 60);
 
 // ---- change models --------------------------------------------------------------------------------
 
@@ -325,11 +332,6 @@ interface GuestFigures {
   onePctDeltaMean: number;
   onePctDeltaP50: number;
   onePctDeltaP99: number;
-  /**
-   * Pages with about 1 % of their bytes changed (0.5 to 1.5 %): how many, the bytes that changed (mean),
-   * and their payload per page once packed 1 MiB at a time through DeltaEncoder (zstd on the streams).
-   */
-  nearOnePct: { pages: number; changedMean: number; zstdMean: number };
   /** Payload bytes of the whole second dump, by whole-page codec: without deltas, and with deltas at each share. */
   wire: Record<string, Record<string, number>>;
   rawBytes: number;
@@ -361,22 +363,6 @@ async function guestFigures(t0: string, t1: string, pageBytes: number, note: str
   const smallSizes: number[] = [];
   const onePctSizes: number[] = [];
   let onePctChanged = 0;
-  // Pages with about 1 % changed, packed with their bases into 1 MiB chunks for DeltaEncoder.
-  const near = { pages: 0, changed: 0, wireBytes: 0, packed: 0 };
-  const nearNew = new Uint8Array(CHUNK), nearBase = new Uint8Array(CHUNK);
-  const nearEncoder = new DeltaEncoder(CHUNK, 0, { pageBytes });
-  const flushNear = async () => {
-    if (near.packed === 0) return;
-    const used = near.packed * pageBytes;
-    const enc = await nearEncoder.encode(
-      nearNew.subarray(0, used),
-      used,
-      nearBase.subarray(0, used),
-      () => "zstd",
-    );
-    near.wireBytes += enc ? enc.encLen : used;
-    near.packed = 0;
-  };
   const wire: Record<string, Record<string, number>> = {};
   const add = (codec: string, how: string, n: number) =>
     (wire[codec] ??= {})[how] = (wire[codec]?.[how] ?? 0) + n;
@@ -401,13 +387,6 @@ async function guestFigures(t0: string, t1: string, pageBytes: number, note: str
           onePctSizes.push(bytes);
           onePctChanged += diff;
         }
-        if (s > 0.005 && s <= 0.015) {
-          nearNew.set(page, near.packed * pageBytes);
-          nearBase.set(basePage, near.packed * pageBytes);
-          near.pages++;
-          near.changed += diff;
-          if (++near.packed * pageBytes === CHUNK) await flushNear();
-        }
       }
       for (const codec of ["none", "zstd"] as const) {
         const p = await plainEncoder.encode(chunk.subarray(0, n), n, () => codec);
@@ -418,11 +397,9 @@ async function guestFigures(t0: string, t1: string, pageBytes: number, note: str
         }
       }
     }
-    await flushNear();
   } finally {
     a.close();
     b.close();
-    nearEncoder.close();
     deltaEncoders.forEach((e) => e.close());
     plainEncoder.close();
   }
@@ -446,11 +423,6 @@ async function guestFigures(t0: string, t1: string, pageBytes: number, note: str
     onePctDeltaMean: onePctSizes.length ? mean(onePctSizes) : 0,
     onePctDeltaP50: onePctSizes.length ? quantile(onePctSorted, 0.5) : 0,
     onePctDeltaP99: onePctSizes.length ? quantile(onePctSorted, 0.99) : 0,
-    nearOnePct: {
-      pages: near.pages,
-      changedMean: near.pages ? near.changed / near.pages : 0,
-      zstdMean: near.pages ? near.wireBytes / near.pages : 0,
-    },
     wire,
     rawBytes: raw,
   };
@@ -500,15 +472,6 @@ function guestTable(gs: GuestFigures[]): string {
     SHARE_BINS.map(([n]) => n).join(" / ") +
     " (all) | delta bytes mean / p50 / p99 | same, pages ≤ 10 % changed | same, pages ≤ 1 % changed (pages, mean changed bytes) |\n" +
     "|---|---|---|---|---|---|---|---|---|---|\n" + lines.join("\n") +
-    "\n\nPages with about 1 % of their bytes changed (0.5 to 1.5 %), packed 1 MiB at a time through " +
-    "DeltaEncoder (zstd 3 on the streams, header and kind map included), beside the seed report's " +
-    `${SEED_REPORT_BYTES} bytes:\n\n` +
-    gs.map((g) =>
-      `- ${g.pageBytes / KiB} KiB pages: ${g.nearOnePct.pages} pages, ${
-        g.nearOnePct.changedMean.toFixed(1)
-      } ` +
-      `bytes changed on average, ${g.nearOnePct.zstdMean.toFixed(1)} bytes per page on the wire`
-    ).join("\n") +
     `\n\nPayload MiB for the second dump (raw ${
       (gs[0].rawBytes / MiB).toFixed(0)
     } MiB), by the codec of the whole ` +
@@ -517,7 +480,94 @@ function guestTable(gs: GuestFigures[]): string {
     hows.map(() => "---|").join("") + "\n" + wireLines.join("\n");
 }
 
-async function realGuest(): Promise<GuestFigures[]> {
+/**
+ * Pages with about 1 % of their bytes changed (0.5 to 1.5 %) between two consecutive dumps, and their
+ * payload per page through DeltaEncoder.
+ */
+interface NearOnePct {
+  pageBytes: number;
+  /** The interval: dumps interval - 1 and interval. */
+  interval: number;
+  pages: number;
+  /** Bytes that changed in those pages, mean. */
+  changedMean: number;
+  bytesPerPage: number;
+}
+
+/**
+ * The near-1 % pages of one interval, packed with their bases in address order a 1 MiB chunk at a time, as
+ * one transfer of the newer dump against the older would carry them if they were its only delta pages. Each
+ * interval is measured apart: a page changes alike from interval to interval (a counter incremented again),
+ * and zstd would find one interval's delta in the next one's, which no transfer sends twice.
+ */
+async function nearOnePct(
+  older: string,
+  newer: string,
+  pageBytes: number,
+  interval: number,
+): Promise<NearOnePct> {
+  const pages = new Uint8Array(CHUNK), bases = new Uint8Array(CHUNK);
+  const base = new Uint8Array(CHUNK), chunk = new Uint8Array(CHUNK);
+  const encoder = new DeltaEncoder(CHUNK, 0, { pageBytes });
+  const a = await Deno.open(older), b = await Deno.open(newer);
+  let count = 0, changed = 0, wire = 0, packed = 0;
+  const flush = async () => {
+    const len = packed * pageBytes;
+    const enc = len
+      ? await encoder.encode(pages.subarray(0, len), len, bases.subarray(0, len), () => "zstd")
+      : undefined;
+    wire += enc ? enc.encLen : len;
+    packed = 0;
+  };
+  try {
+    while (true) {
+      const n = await readFully(a, base);
+      if (n === 0 || (await readFully(b, chunk)) !== n) break;
+      for (let at = 0; at + pageBytes <= n; at += pageBytes) {
+        const diff = countChangedFast(chunk.subarray(at, at + pageBytes), base.subarray(at, at + pageBytes));
+        if (diff <= 0.005 * pageBytes || diff > 0.015 * pageBytes) continue;
+        pages.set(chunk.subarray(at, at + pageBytes), packed * pageBytes);
+        bases.set(base.subarray(at, at + pageBytes), packed * pageBytes);
+        count++;
+        changed += diff;
+        if (++packed * pageBytes === CHUNK) await flush();
+      }
+    }
+    await flush();
+  } finally {
+    a.close();
+    b.close();
+    encoder.close();
+  }
+  return {
+    pageBytes,
+    interval,
+    pages: count,
+    changedMean: count ? changed / count : 0,
+    bytesPerPage: wire / count,
+  };
+}
+
+function nearTable(ns: NearOnePct[]): string {
+  const lines = ns.map((n) =>
+    `| ${n.pageBytes / KiB} KiB | ${n.interval} | ${n.pages} | ${n.changedMean.toFixed(1)} | ${
+      n.pages ? n.bytesPerPage.toFixed(1) : "none"
+    } | ${n.pageBytes === 4096 ? SEED_REPORT_BYTES : ""} |`
+  );
+  const all = [4096, 65536].map((pageBytes) => {
+    const of = ns.filter((n) => n.pageBytes === pageBytes && n.pages > 0);
+    const pages = of.reduce((s, n) => s + n.pages, 0);
+    const bytes = of.reduce((s, n) => s + n.pages * n.bytesPerPage, 0);
+    return `${pageBytes / KiB} KiB: ${pages} pages, ${
+      pages ? (bytes / pages).toFixed(1) : "-"
+    } bytes per page`;
+  });
+  return "| page | interval | pages | bytes changed (mean) | payload bytes per page (zstd on the streams, " +
+    "header and kind map included) | seed report |\n|---|---|---|---|---|---|\n" + lines.join("\n") +
+    `\n\nOver every interval: ${all.join("; ")}.`;
+}
+
+async function realGuest(): Promise<{ figures: GuestFigures[]; near: NearOnePct[] }> {
   const dir = await Deno.makeTempDir({ dir: "/dev/shm", prefix: "dwcp-delta-bench-" });
   let guest: BenchGuest | undefined;
   const onSignal = () => {
@@ -526,20 +576,25 @@ async function realGuest(): Promise<GuestFigures[]> {
   Deno.addSignalListener("SIGINT", onSignal);
   try {
     guest = await BenchGuest.boot({ dir, memoryMiB, fillMib, dirtyMibps, name: "delta-bench", log });
-    const t0 = join(dir, "t0.bin"), t1 = join(dir, "t1.bin");
-    await guest.snapshot(t0);
-    log(`  first dump saved; waiting ${intervalS} s`);
-    await new Promise((r) => setTimeout(r, intervalS * 1000));
-    await guest.snapshot(t1);
-    const note = guest.note + `; dumps ${intervalS} s apart`;
+    const dumps = Array.from({ length: intervals + 1 }, (_, i) => join(dir, `t${i}.bin`));
+    for (const [i, dump] of dumps.entries()) {
+      if (i > 0) await new Promise((r) => setTimeout(r, intervalS * 1000));
+      await guest.snapshot(dump);
+      log(`  dump ${i + 1} of ${dumps.length} saved`);
+    }
+    const note = guest.note + `; ${dumps.length} dumps ${intervalS} s apart`;
     await guest.close();
     guest = undefined;
-    const out: GuestFigures[] = [];
+    const figures: GuestFigures[] = [];
+    const near: NearOnePct[] = [];
     for (const pageBytes of [4096, 65536]) {
       log(`  comparing dumps in ${pageBytes / KiB} KiB pages`);
-      out.push(await guestFigures(t0, t1, pageBytes, note));
+      figures.push(await guestFigures(dumps[0], dumps[1], pageBytes, note));
+      for (let i = 1; i < dumps.length; i++) {
+        near.push(await nearOnePct(dumps[i - 1], dumps[i], pageBytes, i));
+      }
     }
-    return out;
+    return { figures, near };
   } finally {
     Deno.removeSignalListener("SIGINT", onSignal);
     await guest?.close();
@@ -572,12 +627,15 @@ console.log(
     ".",
 );
 
-let guest: GuestFigures[] | undefined;
+let guest: { figures: GuestFigures[]; near: NearOnePct[] } | undefined;
 if (!args["no-guest"]) {
   log("real guest memory");
   guest = await realGuest();
-  console.log(`\n## Real page pairs: ${guest[0].note}\n`);
-  console.log(guestTable(guest));
+  console.log(`\n## Real page pairs: ${guest.figures[0].note}\n`);
+  console.log("The first two dumps, page by page:\n");
+  console.log(guestTable(guest.figures));
+  console.log("\nPages with about 1 % changed, interval by interval, beside the seed report's 40 bytes:\n");
+  console.log(nearTable(guest.near));
 }
 zstd.close();
 

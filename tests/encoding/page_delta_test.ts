@@ -199,7 +199,12 @@ Deno.test("hostile payloads (random, cut, bit-flipped, bad headers) are reported
       await decoder.decode(randInt(rand, 0, 4), junk, base, out);
     }
     const header = good[0].slice();
-    await expectBad(0, Object.assign(header.slice(), { 0: 2 }), "layout version 2");
+    await expectBad(
+      0,
+      Object.assign(header.slice(), { 0: 1 }),
+      "layout version 1 (the byte-gap control stream)",
+    );
+    await expectBad(0, Object.assign(header.slice(), { 0: 3 }), "layout version 3");
     await expectBad(0, Object.assign(header.slice(), { 1: 8 }), "page shift 8");
     await expectBad(0, Object.assign(header.slice(), { 1: 17 }), "page shift 17");
     await expectBad(0, Object.assign(header.slice(), { 2: 9 }), "control codec 9");
@@ -221,4 +226,32 @@ Deno.test("hostile payloads (random, cut, bit-flipped, bad headers) are reported
   } finally {
     decoder.close();
   }
+});
+
+Deno.test("short streams are compressed harder by default: the same pages take fewer bytes than at level 3", async () => {
+  // Counters incremented in most pages of the chunk: control and literal streams of a few KiB each.
+  const base = randomBytes(CHUNK, 41);
+  const newer = base.slice();
+  const rand = mulberry32(42);
+  for (let page = 0; page < PAGES; page++) {
+    for (let k = 0; k < 40; k++) newer[page * PAGE_BYTES + 8 * randInt(rand, 0, PAGE_BYTES / 8 - 1)] += 1;
+  }
+  const sizes: number[] = [];
+  for (const opts of [{}, { streamCodec: { codec: "zstd" as const, level: 3 } }]) {
+    const encoder = new DeltaEncoder(CHUNK, HEAD, opts);
+    const decoder = new DeltaDecoder(CHUNK);
+    try {
+      const enc = await encoder.encode(framed(newer), CHUNK, base, () => "none");
+      assert.ok(enc);
+      assert.equal(enc.pages.delta, PAGES);
+      const out = new Uint8Array(CHUNK);
+      await decoder.decode(enc.codec, enc.frame.slice(HEAD, HEAD + enc.encLen), base, out);
+      assert.deepEqual(out, newer);
+      sizes.push(enc.encLen);
+    } finally {
+      encoder.close();
+      decoder.close();
+    }
+  }
+  assert.ok(sizes[0] < sizes[1], `default ${sizes[0]} bytes, level 3 ${sizes[1]} bytes`);
 });

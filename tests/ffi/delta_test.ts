@@ -104,7 +104,7 @@ for (const pageSize of [4 * KiB, 64 * KiB]) {
     last[last.length - 1] ^= 0x01;
     const lastEnc = roundTrip(last, base, pageSize);
     assert.deepEqual(lastEnc.counts, { unchanged: 3, zero: 0, delta: 1, whole: 0 });
-    // run count, the run's gap and length class (3 bytes at 64 KiB), the byte
+    // run count, the run's token, the rest of its word distance (2 bytes at 64 KiB), the byte
     assert.ok(deltaBytes(lastEnc) <= 5, `one changed byte costs ${deltaBytes(lastEnc)} bytes`);
   });
 
@@ -142,16 +142,16 @@ Deno.test("zero pages travel as zero whatever the base holds; an empty chunk enc
   assert.equal(empty.sections.kinds.length, 0);
 });
 
-Deno.test("the stream format: run count, then gap << 2 | length class per run; XOR bytes apart", () => {
+Deno.test("the stream format: run count, then a token of word distance, lane and length class per run", () => {
   const base = dataBytes(4096, 5);
   const src = base.slice();
-  src[3] ^= 0x01; // gap 3, length 1: 3 << 2 | 0
-  src[20] ^= 0x02; // gap 16: 64
-  src[22] ^= 0x04; // gap 1 (runs are never merged across an equal byte): 4
-  for (let i = 100; i < 140; i++) src[i] ^= 0x80; // gap 77, length 40: 77 << 2 | 3 = 311, then 40 - 4
+  src[3] ^= 0x01; // word 0 from the page start's word 0, lane 3, length 1: 0 << 5 | 3 << 2 | 0 = 12
+  src[20] ^= 0x02; // word 2 from the previous end (4)'s word 0, lane 4: 2 << 5 | 16 = 80
+  src[22] ^= 0x04; // in 21's word, lane 6: 24 (runs are never merged across an equal byte)
+  for (let i = 100; i < 140; i++) src[i] ^= 0x80; // 10 words on, lane 4, 40 long: 7 << 5 | 16 | 3, 10 - 7, 40 - 4
   const e = encode(src, base, 4096);
   assert.equal(kindOf(e.sections.kinds, 0), PageKind.Delta);
-  assert.deepEqual([...e.sections.ctrl], [4, 12, 64, 4, 311 & 0x7f | 0x80, 311 >> 7, 36]);
+  assert.deepEqual([...e.sections.ctrl], [4, 12, 80, 24, 243, 3, 36]);
   assert.deepEqual([...e.sections.lits], [0x01, 0x02, 0x04, ...Array(40).fill(0x80)]);
 });
 
