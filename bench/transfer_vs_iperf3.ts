@@ -9,6 +9,12 @@
  * Files live in a fresh directory in /dev/shm (or under --dir), so disk speed does not dominate, and
  * the agents run with transfer.fsync off, since tmpfs has nothing to sync. Throughput is in MB/s
  * (10^6 bytes/s); each figure is the median of --runs runs, interleaved per stream count.
+ *
+ * Beside them, in the same runs, `dd` writes as many zero bytes into a new file in the receiver's
+ * directory: what storing the bytes alone costs here, which a receiver of a file pays and iperf3's
+ * memory-to-memory test does not. On a VM whose host backs guest memory lazily and takes freed memory
+ * back (virtio-balloon free page reporting), fresh page-cache pages fault on the host when first written,
+ * and that rate swings from run to run (0.4 to 2.8 GB/s seen on the 2-core machines this was built on).
  */
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -126,6 +132,25 @@ async function iperf3(streams: number, files?: { source: string; dest: string })
   }
 }
 
+/** MB/s of `dd` writing sizeBytes of zeros, 1 MiB at a time, into a new file in dir (removed after). */
+async function freshWrite(dir: string): Promise<number> {
+  const path = join(dir, "dd-fresh.bin");
+  try {
+    const out = await new Deno.Command("dd", {
+      args: ["if=/dev/zero", `of=${path}`, "bs=1M", `count=${sizeBytes / MiB}`],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(out.stderr);
+    const seconds = Number(/copied, ([\d.]+) s/.exec(text)?.[1]);
+    if (!out.success || !(seconds > 0)) throw new Error(`dd failed (exit ${out.code}): ${text.trim()}`);
+    return sizeBytes / seconds / 1e6;
+  } finally {
+    await Deno.remove(path).catch(() => {});
+  }
+}
+
 interface DwcpResult {
   mbps: number;
   elapsedMs: number;
@@ -196,6 +221,7 @@ interface Row {
   streams: number;
   iperf3MemMBps: number[];
   iperf3FileMBps: number[];
+  freshWriteMBps: number[];
   dwcpMBps: number[];
 }
 
@@ -223,15 +249,17 @@ try {
 
   const rows: Row[] = [];
   for (const p of streamCounts) {
-    const row: Row = { streams: p, iperf3MemMBps: [], iperf3FileMBps: [], dwcpMBps: [] };
+    const row: Row = { streams: p, iperf3MemMBps: [], iperf3FileMBps: [], freshWriteMBps: [], dwcpMBps: [] };
     rows.push(row);
     for (let r = 0; r < runs; r++) {
       row.iperf3MemMBps.push(await iperf3(p));
       row.iperf3FileMBps.push(await iperf3(p, { source, dest: iperfDest }));
+      row.freshWriteMBps.push(await freshWrite(b.root));
       row.dwcpMBps.push((await dwcp(a, b, "source.bin", "bench.bin", p)).mbps);
       console.error(
         `  P=${p} run ${r + 1}/${runs}: iperf3 mem ${row.iperf3MemMBps.at(-1)!.toFixed(0)}, ` +
-          `file ${row.iperf3FileMBps.at(-1)!.toFixed(0)}, dwcp ${row.dwcpMBps.at(-1)!.toFixed(0)} MB/s`,
+          `file ${row.iperf3FileMBps.at(-1)!.toFixed(0)}, dd ${row.freshWriteMBps.at(-1)!.toFixed(0)}, ` +
+          `dwcp ${row.dwcpMBps.at(-1)!.toFixed(0)} MB/s`,
       );
     }
   }
@@ -241,19 +269,21 @@ try {
 
   console.log();
   console.log(
-    "   P  iperf3 mem→mem  iperf3 file→file     dwcp  dwcp/iperf3(mem)  dwcp/iperf3(file)",
+    "   P  iperf3 mem→mem  iperf3 file→file  dd fresh write     dwcp  dwcp/iperf3(mem)  dwcp/iperf3(file)" +
+      "  dwcp/dd",
   );
   console.log(
-    "              MB/s              MB/s     MB/s",
+    "              MB/s              MB/s            MB/s     MB/s",
   );
   const table = rows.map((row) => {
-    const mem = median(row.iperf3MemMBps), file = median(row.iperf3FileMBps), d = median(row.dwcpMBps);
+    const mem = median(row.iperf3MemMBps), file = median(row.iperf3FileMBps);
+    const dd = median(row.freshWriteMBps), d = median(row.dwcpMBps);
     console.log(
-      `${fmt(row.streams, 4)}  ${fmt(mem, 14)}  ${fmt(file, 16)}  ${fmt(d, 7)}  ${fmt(d / mem, 16, 2)}  ${
-        fmt(d / file, 17, 2)
-      }`,
+      `${fmt(row.streams, 4)}  ${fmt(mem, 14)}  ${fmt(file, 16)}  ${fmt(dd, 14)}  ${fmt(d, 7)}  ${
+        fmt(d / mem, 16, 2)
+      }  ${fmt(d / file, 17, 2)}  ${fmt(d / dd, 7, 2)}`,
     );
-    return { ...row, median: { iperf3MemMBps: mem, iperf3FileMBps: file, dwcpMBps: d } };
+    return { ...row, median: { iperf3MemMBps: mem, iperf3FileMBps: file, freshWriteMBps: dd, dwcpMBps: d } };
   });
   console.log(
     `peak RSS after these runs (VmHWM): sender ${mib(peakRss.sender).toFixed(0)} MiB, ` +
