@@ -72,20 +72,34 @@ export class Codecs {
   }
 }
 
-/** One per stream: reuses its buffers and compression contexts from chunk to chunk. */
+/**
+ * One per stream: reuses its buffers and compression contexts from chunk to chunk. The buffers for
+ * packed and compressed payloads are made at the first chunk that needs them: a stream of raw chunks
+ * never does, and two chunk-sized buffers per stream, made anew for every transfer, were most of what an
+ * agent held after a few 16-stream transfers (VmHWM 220 MiB) before the collector got to them.
+ */
 export class ChunkEncoder {
   readonly #codecs = new Codecs();
   readonly #bitmap: Uint8Array;
-  readonly #packed: Uint8Array;
-  readonly #out: Uint8Array;
+  #packedBuf?: Uint8Array;
+  #outBuf?: Uint8Array;
   readonly #sample = new Uint8Array(Codec.bound("lz4", SAMPLE_BYTES));
 
   /** headroom: bytes kept free in front of every payload, for the caller's frame header. */
   constructor(readonly chunkBytes: number, readonly headroom: number) {
     this.#bitmap = new Uint8Array(bitmapBytes(chunkBytes));
-    this.#packed = new Uint8Array(chunkBytes);
-    const bound = Math.max(...CODECS.map((c) => Codec.bound(c, chunkBytes)));
-    this.#out = new Uint8Array(headroom + this.#bitmap.length + bound);
+  }
+
+  get #packed(): Uint8Array {
+    return this.#packedBuf ??= new Uint8Array(this.chunkBytes);
+  }
+
+  get #out(): Uint8Array {
+    if (!this.#outBuf) {
+      const bound = Math.max(...CODECS.map((c) => Codec.bound(c, this.chunkBytes)));
+      this.#outBuf = new Uint8Array(this.headroom + this.#bitmap.length + bound);
+    }
+    return this.#outBuf;
   }
 
   /** lz4's compressed/raw on a slice of body: a cheap estimate of how compressible it is. */
@@ -143,13 +157,18 @@ export class ChunkEncoder {
   }
 }
 
-/** One per stream: decodes payloads into raw bytes; any malformed input is reported, never thrown past. */
+/**
+ * One per stream: decodes payloads into raw bytes; any malformed input is reported, never thrown past.
+ * Its buffer for compressed packed pages is made at the first such chunk (see ChunkEncoder).
+ */
 export class ChunkDecoder {
   readonly #codecs = new Codecs();
-  readonly #packed: Uint8Array;
+  #packedBuf?: Uint8Array;
 
-  constructor(readonly chunkBytes: number) {
-    this.#packed = new Uint8Array(chunkBytes);
+  constructor(readonly chunkBytes: number) {}
+
+  get #packed(): Uint8Array {
+    return this.#packedBuf ??= new Uint8Array(this.chunkBytes);
   }
 
   /**

@@ -171,7 +171,8 @@ class IncomingTransfer {
     const head = new Uint8Array(FRAME_HEADER_BYTES);
     const raw = new Uint8Array(this.open.chunkBytes);
     // Senders encode a chunk only when that makes it smaller, so a chunk-sized buffer holds any payload.
-    const encoded = new Uint8Array(this.open.chunkBytes);
+    // Made at the first encoded frame: a stream of plain frames never needs it (see ChunkEncoder).
+    let encoded: Uint8Array | undefined;
     const checksum = new Uint8Array(8);
     const decoder = new ChunkDecoder(this.open.chunkBytes);
     const deltas = this.delta?.stream(this.open.chunkBytes);
@@ -206,7 +207,7 @@ class IncomingTransfer {
         }
         this.sink.check(h);
         const data = raw.subarray(0, h.rawLen);
-        const body = plain ? data : encoded.subarray(0, h.encLen);
+        const body = plain ? data : (encoded ??= new Uint8Array(this.open.chunkBytes)).subarray(0, h.encLen);
         await readFull(conn, body);
         // undefined: the payload does not decode; the checksum then decides nothing and the chunk is resent.
         const allZero = plain ? false : flags & FLAG_DELTA
