@@ -14,7 +14,7 @@
  * directory: what storing the bytes alone costs here, which a receiver of a file pays and iperf3's
  * memory-to-memory test does not. On a VM whose host backs guest memory lazily and takes freed memory
  * back (virtio-balloon free page reporting), fresh page-cache pages fault on the host when first written,
- * and that rate swings from run to run (0.4 to 2.8 GB/s seen on the 2-core machines this was built on).
+ * and that rate swings from run to run (0.4 to 3.1 GB/s seen on the 2-core machines this was built on).
  */
 import { join } from "node:path";
 import { parseArgs } from "node:util";

@@ -28,7 +28,7 @@
  * keeps that regularity in bits of their own, where a byte distance from the previous run's end mixed it
  * into the distance's low bits once run lengths vary: after zstd the control stream of those real pages
  * shrank by 4 to 7 % (three 10 s intervals of the test guest, about 50 such pages each; the whole payload
- * by 1.4 to 2.3 %). A near run takes one byte as before, so dense changes cost no more: with the word
+ * by 1.4 to 2.5 %). A near run takes one byte as before, so dense changes cost no more: with the word
  * distance in a byte of its own they measured up to 13 % larger. Places and bytes go in two streams
  * because they have different statistics: the codec after this stage (zstd) then squeezes the XOR bytes
  * of counters incremented or flags set (0x01, 0x03, 0x07: a few distinct values) and the repeated
