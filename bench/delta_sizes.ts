@@ -25,7 +25,7 @@
  * bytes as delta.c writes them (XOR, runs of equal bytes left out; no codec), mean / p50 / p99; whole =
  * pages whose streams would not be smaller than the page (they travel whole, and count as a page's bytes
  * in the delta columns); +zstd = the mean payload bytes per page once the pages of 1 MiB chunks go
- * through DeltaEncoder (zstd on each stream, level 12 up to 16 KiB; the 12-byte header and the 2-bit kind
+ * through DeltaEncoder (zstd on each stream, level 12 up to 4 KiB; the 12-byte header and the 2-bit kind
  * map included): the figure that travels; zstd alone = zstd 3 on the bare XOR of each 1 MiB chunk (no run
  * step), per page, to show what each stage contributes.
  *

@@ -19,8 +19,9 @@
  *            [varint words - 7]         only when words >= 7
  *            [varint length - 4]        only when c = 3
  *
- * and the literal stream holds each run's bytes, XOR-ed with the base, in the same order. Varints are
- * LEB128 of at most 3 bytes (values below 2^21; a page has at most 65536 bytes).
+ * and the literal stream holds each run's bytes in the same order, XOR-ed with the base or as they are
+ * now (the literal form, the caller's choice per chunk). Varints are LEB128 of at most 3 bytes (values below
+ * 2^21; a page has at most 65536 bytes).
  *
  * Why this form: programs change memory in small runs (a counter's low byte, a pointer's low bytes, a
  * field, a small struct), and mostly in aligned 8-byte words: on real guest pages with about 1 % changed
@@ -33,9 +34,11 @@
  * because they have different statistics: the codec after this stage (zstd) then squeezes the XOR bytes
  * of counters incremented or flags set (0x01, 0x03, 0x07: a few distinct values) and the repeated
  * distances of an array of counters separately, 7 to 15 % smaller than one interleaved stream across
- * every change model tried. XOR rather than the new bytes for the same reason: a small change leaves a
- * literal of few distinct values, the new bytes would look random. Runs are never merged across an equal
- * byte: with separate streams, that measured larger.
+ * every change model tried. XOR for the same reason: a counter incremented or a flag set leaves a literal of
+ * few distinct values, where its new bytes would look random; but pointers written over other pointers or
+ * over zeros repeat their high bytes in the new form and not in the XOR, and on real guest pages the new
+ * bytes compress smaller, so the encoder writes both and the caller keeps the smaller. Runs are never
+ * merged across an equal byte: with separate streams, that measured larger.
  *
  * A page travels as a delta when its control and literal bytes together are fewer than delta_share / 256
  * of the page (the caller's choice; 256: whenever smaller), else whole. Pages the base does not wholly
@@ -56,7 +59,7 @@
 
 enum { KIND_UNCHANGED = 0, KIND_ZERO = 1, KIND_DELTA = 2, KIND_WHOLE = 3 };
 
-/* A varint holds at most 21 bits in 3 bytes: enough for any gap or length within a 64 KiB page. */
+/* A varint holds at most 21 bits in 3 bytes: enough for any word distance or length within a 64 KiB page. */
 #define MAX_VARINT_BYTES 3
 
 static inline uint32_t kinds_bytes(uint32_t pages) { return pages / 4 + (pages % 4 != 0); }
@@ -125,11 +128,12 @@ static inline size_t run_ctrl_bytes(size_t prev_end, size_t start, size_t len) {
          (len >= 4 ? varint_bytes((uint32_t)(len - 4)) : 0);
 }
 
-/* Writes the runs of page against base (n bytes each, at least one byte differing) into ctrl and lits,
- * which have room for n bytes each, and sets *ctrl_len and *lit_len; returns -1, writing nothing, when the
- * two together would take limit bytes or more (the page then travels whole). limit is at most n. */
+/* Writes the runs of page against base (n bytes each, at least one byte differing) into ctrl and lits, and
+ * the runs' new bytes into news unless it is NULL, each with room for n bytes, and sets *ctrl_len and
+ * *lit_len; returns -1, writing nothing, when the control and literal bytes together would take limit bytes
+ * or more (the page then travels whole). limit is at most n. */
 static int encode_page(const uint8_t *page, const uint8_t *base, size_t n, size_t limit, uint8_t *ctrl,
-                       uint8_t *lits, size_t *ctrl_len, size_t *lit_len) {
+                       uint8_t *lits, uint8_t *news, size_t *ctrl_len, size_t *lit_len) {
   /* First pass: count the runs and their bytes, so that the control bytes can start with the count and a
    * page that would not gain is known before anything is written. */
   size_t runs = 0, cn = 0, ln = 0, end = 0;
@@ -151,6 +155,7 @@ static int encode_page(const uint8_t *page, const uint8_t *base, size_t n, size_
     ctrl[c++] = (uint8_t)((words < TOKEN_WORDS ? words : TOKEN_WORDS) << 5 | (start % 8) << 2 | run_class(len));
     if (words >= TOKEN_WORDS) c += put_varint(ctrl + c, words - TOKEN_WORDS);
     if (len >= 4) c += put_varint(ctrl + c, (uint32_t)(len - 4));
+    if (news) memcpy(news + l, page + start, len);
     for (size_t i = start; i < stop; i++) lits[l++] = page[i] ^ base[i];
     end = stop;
   }
@@ -161,8 +166,8 @@ static int encode_page(const uint8_t *page, const uint8_t *base, size_t n, size_
 
 int32_t dwcp_delta_encode(const uint8_t *src, uint32_t len, const uint8_t *base, uint32_t base_len,
                           uint32_t page_size, uint32_t delta_share, uint8_t *kinds, uint32_t kinds_cap,
-                          uint8_t *ctrl, uint32_t ctrl_cap, uint8_t *lits, uint32_t lits_cap, uint8_t *whole,
-                          uint32_t whole_cap, uint32_t *out7) {
+                          uint8_t *ctrl, uint32_t ctrl_cap, uint8_t *lits, uint32_t lits_cap, uint8_t *news,
+                          uint32_t news_cap, uint8_t *whole, uint32_t whole_cap, uint32_t *out7) {
   int32_t status = check_page_size(page_size);
   if (status < 0) return status;
   if (delta_share < 1 || delta_share > 256)
@@ -173,9 +178,11 @@ int32_t dwcp_delta_encode(const uint8_t *src, uint32_t len, const uint8_t *base,
   if (kinds_cap < need)
     return dwcp_fail(DWCP_ENOSPC, "kind map holds %u bytes, %u pages need %u", kinds_cap, pages, need);
   /* A delta page's bytes are fewer than the page's and a whole page is the page: len bounds each section. */
-  if (ctrl_cap < len || lits_cap < len || whole_cap < len)
-    return dwcp_fail(DWCP_ENOSPC, "control, literal and whole buffers hold %u, %u and %u bytes; a %u-byte chunk "
-                     "needs %u each", ctrl_cap, lits_cap, whole_cap, len, len);
+  if (ctrl_cap < len || lits_cap < len || whole_cap < len || (news && news_cap < len))
+    return dwcp_fail(DWCP_ENOSPC,
+                     "control, literal, new-literal and whole buffers hold %u, %u, %u and %u bytes; a %u-byte chunk "
+                     "needs %u each",
+                     ctrl_cap, lits_cap, news ? news_cap : len, whole_cap, len, len);
   memset(kinds, 0, need);
   size_t c = 0, l = 0, w = 0;
   uint32_t count[4] = {0, 0, 0, 0};
@@ -191,7 +198,8 @@ int32_t dwcp_delta_encode(const uint8_t *src, uint32_t len, const uint8_t *base,
       } else {
         size_t cn, ln;
         size_t limit = n * delta_share / 256;
-        if (encode_page(src + off, base + off, n, limit, ctrl + c, lits + l, &cn, &ln) == 0) {
+        uint8_t *page_news = news ? news + l : NULL;
+        if (encode_page(src + off, base + off, n, limit, ctrl + c, lits + l, page_news, &cn, &ln) == 0) {
           kind = KIND_DELTA;
           c += cn;
           l += ln;
@@ -225,9 +233,9 @@ static int64_t get_varint(const uint8_t *in, size_t in_len, size_t *pos) {
 }
 
 /* Applies one delta page's runs to dst (which holds the base page, n bytes), reading ctrl from *c and
- * lits from *l; advances both past the page. */
+ * lits (XOR-ed into dst, or with lits_new written over it) from *l; advances both past the page. */
 static int32_t decode_page(const uint8_t *ctrl, size_t ctrl_len, size_t *c, const uint8_t *lits, size_t lits_len,
-                           size_t *l, uint8_t *dst, size_t n, uint32_t page) {
+                           size_t *l, int lits_new, uint8_t *dst, size_t n, uint32_t page) {
   int64_t runs = get_varint(ctrl, ctrl_len, c);
   if (runs < 0) return dwcp_fail(DWCP_ECORRUPT, "page %u: run count is truncated or too long", page);
   if (runs == 0 || (uint64_t)runs > n)
@@ -256,7 +264,9 @@ static int32_t decode_page(const uint8_t *ctrl, size_t ctrl_len, size_t *c, cons
       return dwcp_fail(DWCP_ECORRUPT, "page %u: run of %llu bytes passes the end of the literal stream", page,
                        (unsigned long long)len);
     at = start;
-    for (size_t i = 0; i < len; i++) dst[at + i] ^= lits[*l + i];
+    if (lits_new) memcpy(dst + at, lits + *l, len);
+    else
+      for (size_t i = 0; i < len; i++) dst[at + i] ^= lits[*l + i];
     at += len;
     *l += len;
   }
@@ -264,11 +274,13 @@ static int32_t decode_page(const uint8_t *ctrl, size_t ctrl_len, size_t *c, cons
 }
 
 int32_t dwcp_delta_decode(const uint8_t *kinds, uint32_t kinds_len, const uint8_t *ctrl, uint32_t ctrl_len,
-                          const uint8_t *lits, uint32_t lits_len, const uint8_t *whole, uint32_t whole_len,
-                          const uint8_t *base, uint32_t base_len, uint32_t page_size, uint8_t *dst, uint32_t len,
-                          uint32_t dst_cap, uint32_t *counts4) {
+                          const uint8_t *lits, uint32_t lits_len, int32_t lits_form, const uint8_t *whole,
+                          uint32_t whole_len, const uint8_t *base, uint32_t base_len, uint32_t page_size,
+                          uint8_t *dst, uint32_t len, uint32_t dst_cap, uint32_t *counts4) {
   int32_t status = check_page_size(page_size);
   if (status < 0) return status;
+  if (lits_form != DWCP_LITS_XOR && lits_form != DWCP_LITS_NEW)
+    return dwcp_fail(DWCP_EINVAL, "literal form %d is neither XOR (0) nor new bytes (1)", lits_form);
   if (len > INT32_MAX) return dwcp_fail(DWCP_EINVAL, "%u bytes are too many for one call", len);
   if (len > dst_cap) return dwcp_fail(DWCP_ENOSPC, "destination holds %u bytes, need %u", dst_cap, len);
   uint32_t pages = page_count(len, page_size);
@@ -291,7 +303,7 @@ int32_t dwcp_delta_decode(const uint8_t *kinds, uint32_t kinds_len, const uint8_
     case KIND_ZERO: memset(dst + off, 0, n); break;
     case KIND_DELTA:
       memcpy(dst + off, base + off, n);
-      status = decode_page(ctrl, ctrl_len, &c, lits, lits_len, &l, dst + off, n, i);
+      status = decode_page(ctrl, ctrl_len, &c, lits, lits_len, &l, lits_form == DWCP_LITS_NEW, dst + off, n, i);
       if (status < 0) return status;
       break;
     default:

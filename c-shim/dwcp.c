@@ -31,7 +31,7 @@ static int32_t copy_out(const char *text, uint8_t *out, uint32_t cap) {
   return (int32_t)n;
 }
 
-int32_t dwcp_abi_version(void) { return 2; }
+int32_t dwcp_abi_version(void) { return 3; }
 
 int32_t dwcp_last_error(uint8_t *out, uint32_t cap) {
   pthread_mutex_lock(&error_lock);

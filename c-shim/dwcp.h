@@ -46,18 +46,21 @@ int32_t dwcp_unpack_pages(const uint8_t *packed, uint32_t packed_len, uint32_t p
 
 /* Page deltas (delta.c). Kind map: 2 bits per page (0 unchanged, 1 zero, 2 delta, 3 whole), page i at
  * kinds[i / 4] >> (2 * (i % 4)); ctrl and lits: the control and literal streams of the delta pages in
- * order; whole: the whole pages in order. encode: a page goes as a delta when its streams take fewer than
- * delta_share / 256 (1..256) of its bytes; ctrl_cap, lits_cap and whole_cap must be at least len;
- * out7 = {control bytes, literal bytes, whole bytes, unchanged, zero, delta, whole pages}. decode:
- * counts4 = pages of each kind; returns len. */
+ * order (literals: the runs' bytes XOR the base's, or with DWCP_LITS_NEW the runs' new bytes as they are);
+ * whole: the whole pages in order. encode: a page goes as a delta when its streams take fewer than
+ * delta_share / 256 (1..256) of its bytes; ctrl_cap, lits_cap and whole_cap must be at least len; news,
+ * when not NULL, gets the same literals in their new form (news_cap at least len); out7 = {control bytes,
+ * literal bytes, whole bytes, unchanged, zero, delta, whole pages}. decode: counts4 = pages of each kind;
+ * returns len. */
+enum dwcp_lits_form { DWCP_LITS_XOR = 0, DWCP_LITS_NEW = 1 };
 int32_t dwcp_delta_encode(const uint8_t *src, uint32_t len, const uint8_t *base, uint32_t base_len,
                           uint32_t page_size, uint32_t delta_share, uint8_t *kinds, uint32_t kinds_cap,
-                          uint8_t *ctrl, uint32_t ctrl_cap, uint8_t *lits, uint32_t lits_cap, uint8_t *whole,
-                          uint32_t whole_cap, uint32_t *out7);
+                          uint8_t *ctrl, uint32_t ctrl_cap, uint8_t *lits, uint32_t lits_cap, uint8_t *news,
+                          uint32_t news_cap, uint8_t *whole, uint32_t whole_cap, uint32_t *out7);
 int32_t dwcp_delta_decode(const uint8_t *kinds, uint32_t kinds_len, const uint8_t *ctrl, uint32_t ctrl_len,
-                          const uint8_t *lits, uint32_t lits_len, const uint8_t *whole, uint32_t whole_len,
-                          const uint8_t *base, uint32_t base_len, uint32_t page_size, uint8_t *dst, uint32_t len,
-                          uint32_t dst_cap, uint32_t *counts4);
+                          const uint8_t *lits, uint32_t lits_len, int32_t lits_form, const uint8_t *whole,
+                          uint32_t whole_len, const uint8_t *base, uint32_t base_len, uint32_t page_size,
+                          uint8_t *dst, uint32_t len, uint32_t dst_cap, uint32_t *counts4);
 /* acc16 = XXH3-128(acc16 ‖ XXH3-128(data)), canonical bytes: a file hash folded piece by piece. */
 int32_t dwcp_xxh3_128_fold(uint8_t *acc16, const uint8_t *data, uint32_t len);
 

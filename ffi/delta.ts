@@ -2,8 +2,8 @@
  * Typed wrappers over the shim's page deltas (c-shim/delta.c), used by the HDE delta encoder: a chunk is
  * encoded against the same bytes of an older version, page by page, into a kind map (2 bits per page:
  * unchanged, zero, delta or whole), the delta pages' control stream (where their runs of changed bytes
- * lie) and literal stream (those bytes XOR the base), and the whole pages. One call per chunk. Page sizes
- * are powers of two in 512..65536.
+ * lie) and literal stream (those bytes XOR the base, or as they are now), and the whole pages. One call per
+ * chunk. Page sizes are powers of two in 512..65536.
  */
 import { check, native } from "./library.ts";
 
@@ -26,11 +26,22 @@ export interface DeltaSections extends PageCounts {
   wholeBytes: number;
 }
 
-/** The sections of a chunk's delta, as deltaEncode wrote them and deltaDecode reads them. */
+/**
+ * How the literal stream holds the runs' bytes: XOR the base's (a counter incremented leaves a few distinct
+ * values), or the new bytes as they are (pointers written over other pointers repeat their high bytes).
+ */
+export type LiteralForm = "xor" | "new";
+const LITERAL_FORM = { xor: 0, new: 1 } as const; // c-shim/dwcp.h enum dwcp_lits_form
+
+/**
+ * The sections of a chunk's delta, as deltaEncode wrote them and deltaDecode reads them. lits holds the
+ * literals XOR the base; news, when given to deltaEncode, the same literals in their new form.
+ */
 export interface DeltaBuffers {
   kinds: Uint8Array;
   ctrl: Uint8Array;
   lits: Uint8Array;
+  news?: Uint8Array;
   whole: Uint8Array;
 }
 
@@ -47,8 +58,8 @@ const decodeOut = new Uint32Array(4);
  * Encodes src against base (the older version of the same bytes; it may be shorter than src, and pages
  * it does not wholly cover travel whole) into out. A changed page goes as a delta when its streams take
  * fewer than deltaShare256 / 256 of its bytes (1..256; 256: whenever smaller), else whole. out.ctrl,
- * out.lits and out.whole must hold at least src.length bytes each; out.kinds at least
- * kindsBytes(src.length, pageSize).
+ * out.lits, out.news (when given) and out.whole must hold at least src.length bytes each; out.kinds at
+ * least kindsBytes(src.length, pageSize).
  */
 export function deltaEncode(
   src: Uint8Array,
@@ -57,7 +68,7 @@ export function deltaEncode(
   out: DeltaBuffers,
   deltaShare256 = 256,
 ): DeltaSections {
-  const { kinds, ctrl, lits, whole } = out;
+  const { kinds, ctrl, lits, news, whole } = out;
   check(
     native().dwcp_delta_encode(
       src,
@@ -72,6 +83,8 @@ export function deltaEncode(
       ctrl.length,
       lits,
       lits.length,
+      news ?? null,
+      news?.length ?? 0,
       whole,
       whole.length,
       encodeOut,
@@ -83,11 +96,11 @@ export function deltaEncode(
 }
 
 /**
- * The inverse of deltaEncode: writes dst[0..len) from the sections (each exactly as long as its content)
- * and the base. Input from the wire is checked, never trusted: a kind map of the wrong length or marking
- * pages past len, a page that refers to base bytes the base lacks, a malformed control stream, or
- * sections longer or shorter than their pages use throw a ShimError with status ECORRUPT (-3); nothing
- * outside dst[0..len) is written.
+ * The inverse of deltaEncode: writes dst[0..len) from the sections (each exactly as long as its content,
+ * the literals in litsForm) and the base. Input from the wire is checked, never trusted: a kind map of the
+ * wrong length or marking pages past len, a page that refers to base bytes the base lacks, a malformed
+ * control stream, or sections longer or shorter than their pages use throw a ShimError with status
+ * ECORRUPT (-3); nothing outside dst[0..len) is written.
  */
 export function deltaDecode(
   sections: DeltaBuffers,
@@ -95,6 +108,7 @@ export function deltaDecode(
   pageSize: number,
   len: number,
   dst: Uint8Array,
+  litsForm: LiteralForm = "xor",
 ): PageCounts {
   const { kinds, ctrl, lits, whole } = sections;
   check(
@@ -105,6 +119,7 @@ export function deltaDecode(
       ctrl.length,
       lits,
       lits.length,
+      LITERAL_FORM[litsForm],
       whole,
       whole.length,
       base,

@@ -3,7 +3,7 @@ import { fileURLToPath } from "node:url";
 import { type Shim, symbols } from "./symbols.ts";
 
 /** The ABI this binding was written for; c-shim/dwcp.c dwcp_abi_version must match. */
-const ABI_VERSION = 2;
+const ABI_VERSION = 3;
 
 export class ShimError extends Error {
   constructor(readonly status: number, message: string) {

@@ -49,7 +49,8 @@ export const symbols = {
   // int32_t dwcp_delta_encode(const uint8_t *src, uint32_t len, const uint8_t *base, uint32_t base_len,
   //                           uint32_t page_size, uint32_t delta_share, uint8_t *kinds,
   //                           uint32_t kinds_cap, uint8_t *ctrl, uint32_t ctrl_cap, uint8_t *lits,
-  //                           uint32_t lits_cap, uint8_t *whole, uint32_t whole_cap, uint32_t *out7)
+  //                           uint32_t lits_cap, uint8_t *news, uint32_t news_cap, uint8_t *whole,
+  //                           uint32_t whole_cap, uint32_t *out7)
   dwcp_delta_encode: {
     parameters: [
       "buffer",
@@ -67,14 +68,16 @@ export const symbols = {
       "buffer",
       "u32",
       "buffer",
+      "u32",
+      "buffer",
     ],
     result: "i32",
   },
   // int32_t dwcp_delta_decode(const uint8_t *kinds, uint32_t kinds_len, const uint8_t *ctrl,
   //                           uint32_t ctrl_len, const uint8_t *lits, uint32_t lits_len,
-  //                           const uint8_t *whole, uint32_t whole_len, const uint8_t *base,
-  //                           uint32_t base_len, uint32_t page_size, uint8_t *dst, uint32_t len,
-  //                           uint32_t dst_cap, uint32_t *counts4)
+  //                           int32_t lits_form, const uint8_t *whole, uint32_t whole_len,
+  //                           const uint8_t *base, uint32_t base_len, uint32_t page_size, uint8_t *dst,
+  //                           uint32_t len, uint32_t dst_cap, uint32_t *counts4)
   dwcp_delta_decode: {
     parameters: [
       "buffer",
@@ -83,6 +86,7 @@ export const symbols = {
       "u32",
       "buffer",
       "u32",
+      "i32",
       "buffer",
       "u32",
       "buffer",

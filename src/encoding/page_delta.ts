@@ -2,17 +2,19 @@
  * HDE page deltas: a chunk encoded against the same bytes of an older version of the object that the
  * receiver holds (its base: an image synced before, an earlier memory snapshot). Pages equal to the base
  * travel as 2 bits of a kind map; changed pages as the XOR against their base page with its runs of equal
- * bytes left out, split into a control stream (where the runs lie) and a literal stream (their XOR bytes),
- * c-shim/delta.c has the format and why; pages the base does not help with travel whole. The control and
- * literal streams then go each through a codec (zstd unless told otherwise) when that makes them smaller;
- * the whole pages through the codec the transfer's policy picks, as in chunk_codec.ts.
+ * bytes left out, split into a control stream (where the runs lie) and a literal stream (their bytes, XOR
+ * the base's or as they are now: whichever compresses smaller, chunk by chunk), c-shim/delta.c has the
+ * format and why; pages the base does not help with travel whole. The control and literal streams then go
+ * each through a codec (zstd unless told otherwise) when that makes them smaller; the whole pages through
+ * the codec the transfer's policy picks, as in chunk_codec.ts.
  *
  * Payload of a FLAG_DELTA frame, layout version 2 (docs/wire-format.md §3.1):
  *
  *   0   u8   layout version (2)
  *   1   u8   log2 of the page size (9..16; senders use 12, 4 KiB)
  *   2   u8   codec of the control section (0 none, 1 lz4, 2 zstd, 3 snappy)
- *   3   u8   codec of the literal section
+ *   3   u8   codec of the literal section in bits 0..6; bit 7 set: the literals are the new bytes, clear:
+ *            the new bytes XOR the base's
  *   4   u32  bytes of the control section on the wire
  *   8   u32  bytes of the literal section on the wire
  *   12       kind map: 2 bits per page, ceil(pages / 4) bytes (0 unchanged, 1 zero, 2 delta, 3 whole)
@@ -22,7 +24,14 @@
  * The frame's checksum covers the decoded bytes, so a delta against the wrong base cannot pass as good.
  */
 import { Codec, CODECS } from "../../ffi/codec.ts";
-import { type DeltaBuffers, deltaDecode, deltaEncode, kindsBytes, type PageCounts } from "../../ffi/delta.ts";
+import {
+  type DeltaBuffers,
+  deltaDecode,
+  deltaEncode,
+  kindsBytes,
+  type LiteralForm,
+  type PageCounts,
+} from "../../ffi/delta.ts";
 import { type CodecPicker, Codecs, type Encoded, PAGE_BYTES } from "./chunk_codec.ts";
 import type { CodecSpec } from "./codec_policy.ts";
 
@@ -51,11 +60,24 @@ const SYNC_COMPRESS_BYTES = 64 * 1024;
  * The streams' default codec: zstd, at a higher level for streams this short. A chunk whose few delta pages
  * make streams of a few KiB pays zstd's frame and table costs on little data, and level 12 finds more in it
  * for about 0.1 ms: on the test guest's pages with about 1 % changed (some 50 to a chunk, 1.3 KiB of control
- * and 2 KiB of literal bytes) 0.7 to 1.0 bytes less per page than level 3 (bench/delta_sizes.ts). Past
- * 16 KiB it would cost milliseconds a chunk.
+ * and 2 KiB of literal bytes) 0.7 to 1.0 bytes less per page than level 3 (bench/delta_sizes.ts). Longer
+ * streams amortize those costs and level 12 would take milliseconds: a 1 MiB chunk with 1 % of every page
+ * changed (10 KiB of literals) encoded in 0.94 ms with this bound at 16 KiB, 0.43 ms at 4 KiB
+ * (bench/delta_bench.ts).
  */
-const SMALL_STREAM = { maxBytes: 16 * 1024, spec: { codec: "zstd", level: 12 } } as const;
+const SMALL_STREAM = { maxBytes: 4 * 1024, spec: { codec: "zstd", level: 12 } } as const;
 const LARGE_STREAM_SPEC: CodecSpec = { codec: "zstd" };
+
+/**
+ * Header byte 3, bit 7: the literal stream holds the runs' new bytes rather than their XOR with the base.
+ * For literal streams up to SMALL_STREAM's size the encoder compresses both and keeps the smaller; longer
+ * ones go as XOR, for the reason above. XOR wins where counters tick and flags flip (few distinct values),
+ * the new bytes where one value is stored in many places or pointers are written over others (their high
+ * bytes repeat across a chunk, their XORs do not): on the test guest's pages with about 1 % changed the new
+ * bytes took 6.6 to 9.1 % less after zstd, on counters incremented (bench/delta_sizes.ts' synthetic model)
+ * 2.6 times more.
+ */
+const LITS_NEW_BIT = 0x80;
 
 export interface DeltaEncoded extends Encoded {
   /** How the chunk's pages travelled. */
@@ -65,7 +87,7 @@ export interface DeltaEncoded extends Encoded {
 export interface DeltaEncoderOptions {
   /** Page size; a power of two in 512..65536 (default 4 KiB). */
   pageBytes?: number;
-  /** The codec tried on the control and literal streams (default zstd: level 12 up to 16 KiB, else 3). */
+  /** The codec tried on the control and literal streams (default zstd: level 12 up to 4 KiB, else 3). */
   streamCodec?: CodecSpec;
   /** A changed page goes as a delta when its streams take less than this share of it, in 256ths (default
    * 256: whenever smaller; see DELTA_SHARE_256). */
@@ -79,8 +101,10 @@ export class DeltaEncoder {
   readonly #streamSpec?: CodecSpec;
   readonly #deltaShare256: number;
   readonly #codecs = new Codecs();
-  readonly #sections: DeltaBuffers;
+  readonly #sections: Required<DeltaBuffers>;
   readonly #packed: Uint8Array;
+  /** For the literal stream's second form (short streams only): both are compressed before one is placed. */
+  readonly #packedNew: Uint8Array;
   readonly #out: Uint8Array;
 
   /** headroom: bytes kept free in front of every payload, for the caller's frame header. */
@@ -99,10 +123,12 @@ export class DeltaEncoder {
       kinds: new Uint8Array(kindsBytes(chunkBytes, this.pageBytes)),
       ctrl: new Uint8Array(chunkBytes),
       lits: new Uint8Array(chunkBytes),
+      news: new Uint8Array(chunkBytes),
       whole: new Uint8Array(chunkBytes),
     };
     const bound = Math.max(...CODECS.map((c) => Codec.bound(c, chunkBytes)));
     this.#packed = new Uint8Array(bound);
+    this.#packedNew = new Uint8Array(Math.max(...CODECS.map((c) => Codec.bound(c, SMALL_STREAM.maxBytes))));
     // The three sections together are at most the chunk (a delta page's streams are shorter than the
     // page), and the two streams are placed only when compressing them did not make them longer, so one
     // codec bound past the header and the kind map holds the whole section compressed or not.
@@ -137,10 +163,18 @@ export class DeltaEncoder {
     let at = head + DELTA_HEADER_BYTES;
     out.set(kinds, at);
     at += kinds.length;
-    const ctrl = await this.#placeStream(all.ctrl.subarray(0, s.ctrlBytes), at);
-    at += ctrl.length;
-    const lits = await this.#placeStream(all.lits.subarray(0, s.litBytes), at);
-    at += lits.length;
+    const ctrl = await this.#squeeze(all.ctrl.subarray(0, s.ctrlBytes), this.#packed);
+    out.set(ctrl.bytes, at);
+    at += ctrl.bytes.length;
+    const xor = await this.#squeeze(all.lits.subarray(0, s.litBytes), this.#packed);
+    const news = s.litBytes <= SMALL_STREAM.maxBytes
+      ? await this.#squeeze(all.news.subarray(0, s.litBytes), this.#packedNew)
+      : undefined;
+    const lits = news && news.bytes.length < xor.bytes.length
+      ? { ...news, flag: LITS_NEW_BIT }
+      : { ...xor, flag: 0 };
+    out.set(lits.bytes, at);
+    at += lits.bytes.length;
 
     let codec = 0;
     let compression: Encoded["compression"];
@@ -166,9 +200,9 @@ export class DeltaEncoder {
     view.setUint8(0, DELTA_LAYOUT_VERSION);
     view.setUint8(1, this.#pageShift);
     view.setUint8(2, ctrl.codec);
-    view.setUint8(3, lits.codec);
-    view.setUint32(4, ctrl.length, true);
-    view.setUint32(8, lits.length, true);
+    view.setUint8(3, lits.codec | lits.flag);
+    view.setUint32(4, ctrl.bytes.length, true);
+    view.setUint32(8, lits.bytes.length, true);
     return {
       flags: FLAG_DELTA,
       codec,
@@ -182,22 +216,18 @@ export class DeltaEncoder {
     };
   }
 
-  /** Writes a stream at out[at..], compressed when that makes it smaller; returns its codec and length. */
-  async #placeStream(stream: Uint8Array, at: number): Promise<{ codec: number; length: number }> {
+  /** A stream compressed into scratch when that makes it smaller, else the stream itself; and its codec. */
+  async #squeeze(stream: Uint8Array, scratch: Uint8Array): Promise<{ codec: number; bytes: Uint8Array }> {
     const spec = this.#streamSpec ??
       (stream.length <= SMALL_STREAM.maxBytes ? SMALL_STREAM.spec : LARGE_STREAM_SPEC);
     if (stream.length > 0 && spec.codec !== "none") {
       const c = this.#codecs.forSpec(spec);
       const n = stream.length <= SYNC_COMPRESS_BYTES
-        ? c.compress(stream, this.#packed)
-        : await c.compressAsync(stream, this.#packed);
-      if (n < stream.length) {
-        this.#out.set(this.#packed.subarray(0, n), at);
-        return { codec: c.id, length: n };
-      }
+        ? c.compress(stream, scratch)
+        : await c.compressAsync(stream, scratch);
+      if (n < stream.length) return { codec: c.id, bytes: scratch.subarray(0, n) };
     }
-    this.#out.set(stream, at);
-    return { codec: 0, length: stream.length };
+    return { codec: 0, bytes: stream };
   }
 
   close(): void {
@@ -242,14 +272,16 @@ export class DeltaDecoder {
     const litsAt = ctrlAt + view.getUint32(4, true);
     const wholeAt = litsAt + view.getUint32(8, true);
     if (wholeAt > payload.length) return undefined;
+    const litsByte = view.getUint8(3);
+    const litsForm: LiteralForm = litsByte & LITS_NEW_BIT ? "new" : "xor";
     try {
       const sections = {
         kinds: payload.subarray(DELTA_HEADER_BYTES, ctrlAt),
         ctrl: await this.#section(view.getUint8(2), payload.subarray(ctrlAt, litsAt), this.#ctrl),
-        lits: await this.#section(view.getUint8(3), payload.subarray(litsAt, wholeAt), this.#lits),
+        lits: await this.#section(litsByte & ~LITS_NEW_BIT, payload.subarray(litsAt, wholeAt), this.#lits),
         whole: await this.#section(codecId, payload.subarray(wholeAt), this.#whole),
       };
-      return deltaDecode(sections, base, pageBytes, rawLen, out);
+      return deltaDecode(sections, base, pageBytes, rawLen, out, litsForm);
     } catch {
       return undefined;
     }

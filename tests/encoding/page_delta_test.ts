@@ -209,6 +209,7 @@ Deno.test("hostile payloads (random, cut, bit-flipped, bad headers) are reported
     await expectBad(0, Object.assign(header.slice(), { 1: 17 }), "page shift 17");
     await expectBad(0, Object.assign(header.slice(), { 2: 9 }), "control codec 9");
     await expectBad(0, Object.assign(header.slice(), { 3: 9 }), "literal codec 9");
+    await expectBad(0, Object.assign(header.slice(), { 3: 0x89 }), "literal codec 9 in the new form");
     await expectBad(0, Object.assign(header.slice(), { 3: 2 }), "literals that are not zstd");
     await expectBad(0, Object.assign(header.slice(), { 7: 0xff }), "control section past the payload");
     await expectBad(0, Object.assign(header.slice(), { 11: 0xff }), "literal section past the payload");
@@ -254,4 +255,33 @@ Deno.test("short streams are compressed harder by default: the same pages take f
     }
   }
   assert.ok(sizes[0] < sizes[1], `default ${sizes[0]} bytes, level 3 ${sizes[1]} bytes`);
+});
+
+Deno.test("literals go in the smaller form: new bytes for one value stored often, XOR for counters", async () => {
+  const base = randomBytes(CHUNK, 51);
+  const rand = mulberry32(52);
+  // A stamp written into 6 fields of every page (each over a different old value): as new bytes the
+  // literals repeat 8 bytes; XOR the old values they are as random as those.
+  const stamped = base.slice();
+  const stamp = randomBytes(8, 53);
+  for (let page = 0; page < PAGES; page++) {
+    for (let k = 0; k < 6; k++) {
+      stamped.set(stamp, page * PAGE_BYTES + 8 * randInt(rand, 0, PAGE_BYTES / 8 - 1));
+    }
+  }
+  // Counters incremented: XOR leaves 0x01, 0x03, ...; the new bytes are as random as the old ones.
+  const counted = base.slice();
+  for (let page = 0; page < PAGES; page++) {
+    for (let k = 0; k < 20; k++) counted[page * PAGE_BYTES + 8 * randInt(rand, 0, PAGE_BYTES / 8 - 1)] += 1;
+  }
+  for (const [chunk, newBytes] of [[stamped, true], [counted, false]] as const) {
+    const r = await roundTrip(chunk, base);
+    assert.ok(r);
+    assert.equal(r.pages.delta, PAGES);
+    assert.equal(
+      (r.payload[3] & 0x80) !== 0,
+      newBytes,
+      `literal form bit for the ${newBytes ? "stamps" : "counters"}`,
+    );
+  }
 });

@@ -5,6 +5,7 @@ import {
   deltaDecode,
   deltaEncode,
   kindsBytes,
+  type LiteralForm,
   type PageCounts,
   PageKind,
   xxh3_128Fold,
@@ -24,7 +25,8 @@ function dataBytes(n: number, seed: number): Uint8Array {
 }
 
 interface Encoded {
-  sections: DeltaBuffers;
+  /** lits XOR the base; news the same literals as the new bytes. */
+  sections: Required<DeltaBuffers>;
   counts: PageCounts;
 }
 
@@ -33,6 +35,7 @@ function encode(src: Uint8Array, base: Uint8Array, pageSize: number): Encoded {
     kinds: new Uint8Array(kindsBytes(src.length, pageSize)),
     ctrl: new Uint8Array(src.length),
     lits: new Uint8Array(src.length),
+    news: new Uint8Array(src.length),
     whole: new Uint8Array(src.length),
   };
   const r = deltaEncode(src, base, pageSize, bufs);
@@ -41,18 +44,29 @@ function encode(src: Uint8Array, base: Uint8Array, pageSize: number): Encoded {
       kinds: bufs.kinds,
       ctrl: bufs.ctrl.slice(0, r.ctrlBytes),
       lits: bufs.lits.slice(0, r.litBytes),
+      news: bufs.news.slice(0, r.litBytes),
       whole: bufs.whole.slice(0, r.wholeBytes),
     },
     counts: { unchanged: r.unchanged, zero: r.zero, delta: r.delta, whole: r.whole },
   };
 }
 
-/** Decodes into a buffer with guard bytes past len, and checks the guard is untouched. */
-function decode(e: Encoded, base: Uint8Array, pageSize: number, len: number): Uint8Array {
+/**
+ * Decodes with the literals in form (the XOR ones, or the new ones in their place) into a buffer with guard
+ * bytes past len, and checks the guard is untouched.
+ */
+function decode(
+  e: Encoded,
+  base: Uint8Array,
+  pageSize: number,
+  len: number,
+  form: LiteralForm = "xor",
+): Uint8Array {
   const GUARD = 64;
   const dst = new Uint8Array(len + GUARD).fill(0xa5);
+  const sections = form === "xor" ? e.sections : { ...e.sections, lits: e.sections.news };
   try {
-    const counts = deltaDecode(e.sections, base, pageSize, len, dst);
+    const counts = deltaDecode(sections, base, pageSize, len, dst, form);
     assert.deepEqual(counts, e.counts, "decode counts the pages encode counted");
     return dst.slice(0, len);
   } finally {
@@ -67,9 +81,11 @@ function kindOf(kinds: Uint8Array, page: number): number {
   return kinds[page >> 2] >> (2 * (page & 3)) & 3;
 }
 
+/** Encodes and decodes with the literals in either form. */
 function roundTrip(src: Uint8Array, base: Uint8Array, pageSize: number): Encoded {
   const e = encode(src, base, pageSize);
-  assert.deepEqual(decode(e, base, pageSize, src.length), src);
+  assert.deepEqual(decode(e, base, pageSize, src.length, "xor"), src, "decodes with XOR literals");
+  assert.deepEqual(decode(e, base, pageSize, src.length, "new"), src, "decodes with new-byte literals");
   return e;
 }
 
@@ -153,6 +169,8 @@ Deno.test("the stream format: run count, then a token of word distance, lane and
   assert.equal(kindOf(e.sections.kinds, 0), PageKind.Delta);
   assert.deepEqual([...e.sections.ctrl], [4, 12, 80, 24, 243, 3, 36]);
   assert.deepEqual([...e.sections.lits], [0x01, 0x02, 0x04, ...Array(40).fill(0x80)]);
+  // The same literals as new bytes: the page's bytes at the runs.
+  assert.deepEqual([...e.sections.news], [src[3], src[20], src[22], ...src.subarray(100, 140)]);
 });
 
 Deno.test("a page whose delta would not be smaller than the page travels whole", () => {
@@ -183,7 +201,7 @@ Deno.test("random sections never crash, never write past len, and fail with ECOR
     const baseLen = randInt(rand, 0, base.length);
     const dst = new Uint8Array(len + 32).fill(0xa5);
     try {
-      deltaDecode(sections, base.subarray(0, baseLen), 4096, len, dst);
+      deltaDecode(sections, base.subarray(0, baseLen), 4096, len, dst, round % 2 ? "new" : "xor");
     } catch (err) {
       assert.ok(err instanceof ShimError, String(err));
       assert.equal(err.status, ECORRUPT, err.message);
@@ -274,6 +292,10 @@ Deno.test("encode refuses buffers that could not hold the sections", () => {
   assert.throws(
     () => deltaEncode(src, src, 4096, { ...fits, lits: new Uint8Array(100) }),
     (err: ShimError) => err.status === ENOSPC && /4096/.test(err.message),
+  );
+  assert.throws(
+    () => deltaEncode(src, src, 4096, { ...fits, news: new Uint8Array(100) }),
+    (err: ShimError) => err.status === ENOSPC && /new-literal/.test(err.message),
   );
   assert.throws(
     () => deltaEncode(src, src, 4096, { ...fits, kinds: new Uint8Array(0) }),
