@@ -512,10 +512,9 @@ async function nearOnePct(
   const a = await Deno.open(older), b = await Deno.open(newer);
   let count = 0, changed = 0, wire = 0, packed = 0;
   const flush = async () => {
+    if (packed === 0) return;
     const len = packed * pageBytes;
-    const enc = len
-      ? await encoder.encode(pages.subarray(0, len), len, bases.subarray(0, len), () => "zstd")
-      : undefined;
+    const enc = await encoder.encode(pages.subarray(0, len), len, bases.subarray(0, len), () => "zstd");
     wire += enc ? enc.encLen : len;
     packed = 0;
   };
