@@ -15,12 +15,18 @@
  * memory-to-memory test does not. On a VM whose host backs guest memory lazily and takes freed memory
  * back (virtio-balloon free page reporting), fresh page-cache pages fault on the host when first written,
  * and that rate swings from run to run (0.4 to 3.1 GB/s seen on the 2-core machines this was built on).
+ *
+ * A second table sets the bar (0.8 × iperf3 memory-to-memory) beside that write rate, and shows how many
+ * CPUs each side kept busy: iperf3's client and server as iperf3 reports them, the two agents from their
+ * CPU time in /proc over the transfer. Where the bar is above dd's rate, no receiver that keeps the file
+ * can reach it on this machine in that run, whatever its transport does.
  */
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { startAgent, type TestAgent, waitForTransfer, writeRandomFile } from "../tests/support/agents.ts";
 
 const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
 const RSS_LIMIT_MIB = 200;
 
 const { values: args } = parseArgs({
@@ -84,10 +90,14 @@ const children = new Set<Deno.ChildProcess>();
 const agents: TestAgent[] = [];
 
 /**
- * One iperf3 test of sizeBytes over P streams; MB/s at the receiver (end.sum_received). With files,
- * the client reads `files.source` and the server writes `files.dest`.
+ * One iperf3 test of sizeBytes over P streams: MB/s at the receiver (end.sum_received) and the CPUs its
+ * client and server kept busy (end.cpu_utilization_percent, 100 = one CPU). With files, the client reads
+ * `files.source` and the server writes `files.dest`.
  */
-async function iperf3(streams: number, files?: { source: string; dest: string }): Promise<number> {
+async function iperf3(
+  streams: number,
+  files?: { source: string; dest: string },
+): Promise<{ mbps: number; cpus: number }> {
   const port = freePort();
   const server = new Deno.Command("iperf3", {
     args: ["-s", "-1", "-B", "127.0.0.1", "-p", `${port}`, ...(files ? ["-F", files.dest] : [])],
@@ -109,7 +119,13 @@ async function iperf3(streams: number, files?: { source: string; dest: string })
       signal: AbortSignal.timeout(600_000),
     }).output();
     const text = new TextDecoder().decode(client.stdout);
-    let report: { error?: string; end?: { sum_received?: { bytes: number; seconds: number } } };
+    let report: {
+      error?: string;
+      end?: {
+        sum_received?: { bytes: number; seconds: number };
+        cpu_utilization_percent?: { host_total: number; remote_total: number };
+      };
+    };
     try {
       report = JSON.parse(text);
     } catch {
@@ -122,7 +138,8 @@ async function iperf3(streams: number, files?: { source: string; dest: string })
     // The server stops counting when the client ends the test, so a few MB still in socket buffers may
     // go uncounted; bytes / seconds at the receiver is still the rate. Far less means something broke.
     if (r.bytes < sizeBytes / 2) throw new Error(`iperf3 received only ${r.bytes} of ${sizeBytes} bytes`);
-    return r.bytes / r.seconds / 1e6;
+    const cpu = report.end?.cpu_utilization_percent;
+    return { mbps: r.bytes / r.seconds / 1e6, cpus: cpu ? (cpu.host_total + cpu.remote_total) / 100 : NaN };
   } finally {
     const timer = setTimeout(() => server.kill("SIGKILL"), 10_000);
     await serverOut.catch(() => {});
@@ -132,20 +149,33 @@ async function iperf3(streams: number, files?: { source: string; dest: string })
   }
 }
 
-/** MB/s of `dd` writing sizeBytes of zeros, 1 MiB at a time, into a new file in dir (removed after). */
-async function freshWrite(dir: string): Promise<number> {
+/**
+ * Runs dd with these operands: its MB/s, from dd's own report, and the CPU seconds it used, from bash's
+ * `times` after it (its children's user + system time).
+ */
+async function dd(operands: string[]): Promise<{ mbps: number; cpuS: number }> {
+  const out = await new Deno.Command("bash", {
+    args: ["-c", 'dd "$@" 2>&1 && times', "dd", ...operands],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  const seconds = Number(/copied, ([\d.]+) s/.exec(text)?.[1]);
+  // `times` prints the shell's user and system time, then its children's: "0m0.001s 0m0.381s".
+  const children = /\n(\d+)m([\d.]+)s (\d+)m([\d.]+)s\s*$/.exec(text);
+  if (!out.success || !(seconds > 0) || !children) {
+    throw new Error(`dd ${operands.join(" ")} failed (exit ${out.code}): ${text.trim()}`);
+  }
+  const [m1, s1, m2, s2] = children.slice(1).map(Number);
+  return { mbps: sizeBytes / seconds / 1e6, cpuS: m1 * 60 + s1 + m2 * 60 + s2 };
+}
+
+/** dd writing sizeBytes of zeros, 1 MiB at a time, into a new file in dir (removed after). */
+async function freshWrite(dir: string): Promise<{ mbps: number; cpuS: number }> {
   const path = join(dir, "dd-fresh.bin");
   try {
-    const out = await new Deno.Command("dd", {
-      args: ["if=/dev/zero", `of=${path}`, "bs=1M", `count=${sizeBytes / MiB}`],
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    const text = new TextDecoder().decode(out.stderr);
-    const seconds = Number(/copied, ([\d.]+) s/.exec(text)?.[1]);
-    if (!out.success || !(seconds > 0)) throw new Error(`dd failed (exit ${out.code}): ${text.trim()}`);
-    return sizeBytes / seconds / 1e6;
+    return await dd(["if=/dev/zero", `of=${path}`, "bs=1M", `count=${sizeBytes / MiB}`]);
   } finally {
     await Deno.remove(path).catch(() => {});
   }
@@ -154,6 +184,17 @@ async function freshWrite(dir: string): Promise<number> {
 interface DwcpResult {
   mbps: number;
   elapsedMs: number;
+  /** CPU seconds each agent used from the request to the transfer's end (10 ms resolution). */
+  senderCpuS: number;
+  receiverCpuS: number;
+}
+
+const CLOCK_TICKS_PER_S = 100;
+
+/** User + system CPU seconds of a process so far, from /proc/PID/stat (fields 14 and 15). */
+async function cpuSeconds(pid: number): Promise<number> {
+  const fields = (await Deno.readTextFile(`/proc/${pid}/stat`)).split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_S;
 }
 
 /** One dwcp transfer from a's root to b's root; MB/s = sizeBytes / elapsed of the final snapshot. */
@@ -164,12 +205,14 @@ async function dwcp(
   destination: string,
   streams?: number,
 ): Promise<DwcpResult> {
+  const cpu0 = [await cpuSeconds(a.pid), await cpuSeconds(b.pid)];
   const { status, body } = await a.json("/v1/transfers", {
     method: "POST",
     body: JSON.stringify({ source, peer: b.dataAddr, destination, streams, overwrite: true }),
   });
   if (status !== 201) throw new Error(`POST /v1/transfers answered ${status}: ${JSON.stringify(body)}`);
   const snap = await waitForTransfer(a, body.id as string);
+  const senderCpuS = await cpuSeconds(a.pid) - cpu0[0], receiverCpuS = await cpuSeconds(b.pid) - cpu0[1];
   if (snap.state !== "completed") {
     throw new Error(`dwcp transfer ${snap.id} ended ${snap.state}: ${JSON.stringify(snap.error)}\n${a.logs}`);
   }
@@ -178,7 +221,7 @@ async function dwcp(
   await Deno.remove(dest);
   const size = snap.sizeBytes as number, elapsedMs = snap.elapsedMs as number;
   if (got !== size) throw new Error(`dwcp wrote ${got} bytes to ${dest}, expected ${size}`);
-  return { mbps: size / (elapsedMs / 1000) / 1e6, elapsedMs };
+  return { mbps: size / (elapsedMs / 1000) / 1e6, elapsedMs, senderCpuS, receiverCpuS };
 }
 
 async function startPair(base: string, tag: string): Promise<[TestAgent, TestAgent]> {
@@ -217,12 +260,25 @@ Deno.addSignalListener("SIGTERM", onSignal);
 
 const fmt = (n: number, w: number, d = 0) => n.toFixed(d).padStart(w);
 
+const BAR = 0.8;
+
 interface Row {
   streams: number;
   iperf3MemMBps: number[];
+  /** CPUs iperf3's client and server kept busy in the memory-to-memory runs. */
+  iperf3MemCpus: number[];
   iperf3FileMBps: number[];
   freshWriteMBps: number[];
+  /**
+   * The fastest a file transfer could go here if it cost no more CPU than its parts measured alone:
+   * iperf3 moving the bytes memory to memory, dd storing them in a new file, dd reading the source.
+   */
+  ceilingMBps: number[];
   dwcpMBps: number[];
+  /** CPUs the two agents kept busy over each transfer, and each agent's CPU seconds per GiB. */
+  dwcpCpus: number[];
+  dwcpSenderCpuSPerGiB: number[];
+  dwcpReceiverCpuSPerGiB: number[];
 }
 
 try {
@@ -249,13 +305,34 @@ try {
 
   const rows: Row[] = [];
   for (const p of streamCounts) {
-    const row: Row = { streams: p, iperf3MemMBps: [], iperf3FileMBps: [], freshWriteMBps: [], dwcpMBps: [] };
+    const row: Row = {
+      streams: p,
+      iperf3MemMBps: [],
+      iperf3MemCpus: [],
+      iperf3FileMBps: [],
+      freshWriteMBps: [],
+      ceilingMBps: [],
+      dwcpMBps: [],
+      dwcpCpus: [],
+      dwcpSenderCpuSPerGiB: [],
+      dwcpReceiverCpuSPerGiB: [],
+    };
     rows.push(row);
     for (let r = 0; r < runs; r++) {
-      row.iperf3MemMBps.push(await iperf3(p));
-      row.iperf3FileMBps.push(await iperf3(p, { source, dest: iperfDest }));
-      row.freshWriteMBps.push(await freshWrite(b.root));
-      row.dwcpMBps.push((await dwcp(a, b, "source.bin", "bench.bin", p)).mbps);
+      const mem = await iperf3(p);
+      row.iperf3MemMBps.push(mem.mbps);
+      row.iperf3MemCpus.push(mem.cpus);
+      row.iperf3FileMBps.push((await iperf3(p, { source, dest: iperfDest })).mbps);
+      const write = await freshWrite(b.root);
+      row.freshWriteMBps.push(write.mbps);
+      const read = await dd([`if=${source}`, "of=/dev/null", "bs=1M"]);
+      const partsCpuS = mem.cpus * sizeBytes / (mem.mbps * 1e6) + write.cpuS + read.cpuS;
+      row.ceilingMBps.push(sizeBytes / 1e6 / (partsCpuS / navigator.hardwareConcurrency));
+      const d = await dwcp(a, b, "source.bin", "bench.bin", p);
+      row.dwcpMBps.push(d.mbps);
+      row.dwcpCpus.push((d.senderCpuS + d.receiverCpuS) / (d.elapsedMs / 1000));
+      row.dwcpSenderCpuSPerGiB.push(d.senderCpuS / (sizeBytes / GiB));
+      row.dwcpReceiverCpuSPerGiB.push(d.receiverCpuS / (sizeBytes / GiB));
       console.error(
         `  P=${p} run ${r + 1}/${runs}: iperf3 mem ${row.iperf3MemMBps.at(-1)!.toFixed(0)}, ` +
           `file ${row.iperf3FileMBps.at(-1)!.toFixed(0)}, dd ${row.freshWriteMBps.at(-1)!.toFixed(0)}, ` +
@@ -283,8 +360,49 @@ try {
         fmt(d / mem, 16, 2)
       }  ${fmt(d / file, 17, 2)}  ${fmt(d / dd, 7, 2)}`,
     );
-    return { ...row, median: { iperf3MemMBps: mem, iperf3FileMBps: file, freshWriteMBps: dd, dwcpMBps: d } };
+    return {
+      ...row,
+      median: {
+        iperf3MemMBps: mem,
+        iperf3MemCpus: median(row.iperf3MemCpus),
+        iperf3FileMBps: file,
+        freshWriteMBps: dd,
+        ceilingMBps: median(row.ceilingMBps),
+        dwcpMBps: d,
+        dwcpCpus: median(row.dwcpCpus),
+        dwcpSenderCpuSPerGiB: median(row.dwcpSenderCpuSPerGiB),
+        dwcpReceiverCpuSPerGiB: median(row.dwcpReceiverCpuSPerGiB),
+      },
+    };
   });
+  console.log();
+  console.log(
+    `   P  bar (${BAR} × iperf3 mem)  dd/bar  ceiling  ceiling/bar  dwcp/ceiling  CPUs busy: iperf3   dwcp` +
+      "  dwcp CPU s per GiB: sender  receiver",
+  );
+  console.log("                     MB/s             MB/s");
+  for (const { streams, median: m } of table) {
+    const bar = BAR * m.iperf3MemMBps;
+    console.log(
+      `${fmt(streams, 4)}  ${fmt(bar, 19)}  ${fmt(m.freshWriteMBps / bar, 6, 2)}  ${fmt(m.ceilingMBps, 7)}  ${
+        fmt(m.ceilingMBps / bar, 11, 2)
+      }  ${fmt(m.dwcpMBps / m.ceilingMBps, 12, 2)}  ${fmt(m.iperf3MemCpus, 18, 2)}  ${
+        fmt(m.dwcpCpus, 5, 2)
+      }  ${fmt(m.dwcpSenderCpuSPerGiB, 26, 2)}  ${fmt(m.dwcpReceiverCpuSPerGiB, 8, 2)}`,
+    );
+  }
+  console.log(
+    `ceiling: ${navigator.hardwareConcurrency} CPUs over the CPU seconds of iperf3 moving the bytes ` +
+      "memory to memory, dd storing them in a new file and dd reading the source, each measured in the " +
+      "same run: what a file transfer could reach if it cost no more than its parts alone",
+  );
+  const unreachable = table.filter(({ median: m }) => m.freshWriteMBps < BAR * m.iperf3MemMBps);
+  if (unreachable.length > 0) {
+    console.log(
+      `dd/bar < 1 at P = ${unreachable.map((r) => r.streams).join(", ")}: storing the file alone is slower ` +
+        "than the bar there, so no receiver that keeps the file reaches it on this machine in this run",
+    );
+  }
   console.log(
     `peak RSS after these runs (VmHWM): sender ${mib(peakRss.sender).toFixed(0)} MiB, ` +
       `receiver ${mib(peakRss.receiver).toFixed(0)} MiB`,
