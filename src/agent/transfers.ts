@@ -117,6 +117,7 @@ export class TransferService {
           codec,
           codecBias,
           linkBytesPerSecHint: mode?.streams.linkBytesPerSec,
+          transferWindowBytes: mode?.streams.transferWindowBytes,
           maxRetries: t.maxRetries,
           stallTimeoutMs: t.stallTimeoutMs,
           maxBytesPerSec: req.maxBytesPerSec,

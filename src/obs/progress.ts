@@ -30,6 +30,8 @@ export interface TransferSnapshot {
   percent: number;
   codec: string;
   chunkBytes: number;
+  /** Sending: the most chunks unacknowledged per stream, and over all streams when the link caps that. */
+  window?: TransferWindow;
   streams: StreamFigures[];
   retransmits: number;
   encoding?: unknown;
@@ -46,6 +48,11 @@ export interface TransferSnapshot {
   error?: { code: string; message: string };
 }
 
+export interface TransferWindow {
+  streamChunks: number;
+  transferChunks?: number;
+}
+
 type Listener = (s: TransferSnapshot) => void;
 
 export class TransferProgress {
@@ -58,6 +65,8 @@ export class TransferProgress {
   encoding?: () => unknown;
   /** Page-delta figures shown under `delta` when the transfer named a base. */
   delta?: () => unknown;
+  /** The sender's flow-control window, once the receiver has granted its credit. */
+  window?: TransferWindow;
   /** The link's bandwidth forecast (wire bytes/s) and who made it, for the ETA. */
   forecast?: () => { bytesPerSec: number; predictor: string } | undefined;
   readonly #streams: { meter: RateMeter; wireBytes: number; frames: number; lost: boolean }[] = [];
@@ -163,6 +172,7 @@ export class TransferProgress {
       percent: this.info.sizeBytes > 0
         ? (100 * done) / this.info.sizeBytes
         : (this.state === "completed" ? 100 : 0),
+      window: this.window,
       streams: this.#streams.map((s, index) => ({
         index,
         state: s.lost ? "lost" : "open",

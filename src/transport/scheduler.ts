@@ -5,7 +5,8 @@
  *
  * The source offers chunks as they become available (a file offers all at once, a live stream as it is
  * read) and ends the offer when it has no more. A stream may hold at most `windowChunks`
- * unacknowledged fresh chunks (its credit). Chunks of a lost stream and chunks the receiver rejected
+ * unacknowledged fresh chunks (its credit), and the transfer at most `transferWindowChunks` over all its
+ * streams, when set. Chunks of a lost stream and chunks the receiver rejected
  * are requeued at the front and go out next on any live stream, credit or not: a receiver that
  * delivers in order may be holding the other streams' chunks until exactly those arrive. A chunk
  * rejected more than `maxRetries` times fails the transfer.
@@ -14,6 +15,8 @@
 export interface SchedulerOptions {
   streams: number;
   windowChunks: number;
+  /** The most fresh chunks the whole transfer has unacknowledged; unset: streams × windowChunks. */
+  transferWindowChunks?: number;
   maxRetries: number;
 }
 
@@ -30,10 +33,12 @@ export class StripeScheduler {
   readonly #alive: boolean[];
   readonly #retries = new Map<number, number>();
   #acked = 0;
+  /** Chunks in flight on all streams together. */
+  #inflightTotal = 0;
 
   constructor(readonly opts: SchedulerOptions) {
-    if (!(opts.streams > 0) || !(opts.windowChunks > 0)) {
-      throw new RangeError("streams and windowChunks must be positive");
+    if (!(opts.streams > 0) || !(opts.windowChunks > 0) || !((opts.transferWindowChunks ?? 1) > 0)) {
+      throw new RangeError("streams, windowChunks and transferWindowChunks must be positive");
     }
     this.#inflight = Array.from({ length: opts.streams }, () => new Set<number>());
     this.#alive = Array(opts.streams).fill(true);
@@ -60,16 +65,23 @@ export class StripeScheduler {
     const inflight = this.#inflight[stream];
     let seq = this.#requeued.shift();
     if (seq === undefined) {
-      if (inflight.size >= this.opts.windowChunks || this.#nextFresh >= this.#offered) return undefined;
+      if (
+        inflight.size >= this.opts.windowChunks || this.#nextFresh >= this.#offered ||
+        this.#inflightTotal >= (this.opts.transferWindowChunks ?? Infinity)
+      ) {
+        return undefined;
+      }
       seq = this.#nextFresh++;
     }
     inflight.add(seq);
+    this.#inflightTotal++;
     return seq;
   }
 
   /** The receiver took seq. Acks for chunks not in flight on stream are ignored. */
   ack(stream: number, seq: number): boolean {
     if (!this.#inflight[stream]?.delete(seq)) return false;
+    this.#inflightTotal--;
     this.#acked++;
     return true;
   }
@@ -77,6 +89,7 @@ export class StripeScheduler {
   /** The receiver rejected seq (checksum or decode failure): send it again, on any stream. */
   nack(stream: number, seq: number): void {
     if (!this.#inflight[stream]?.delete(seq)) return;
+    this.#inflightTotal--;
     const tries = (this.#retries.get(seq) ?? 0) + 1;
     if (tries > this.opts.maxRetries) {
       throw new SchedulerError(`chunk ${seq} failed verification ${tries} times; giving up`);
@@ -90,6 +103,7 @@ export class StripeScheduler {
     if (!this.#alive[stream]) return;
     this.#alive[stream] = false;
     this.#requeued.unshift(...[...this.#inflight[stream]].sort((a, b) => a - b));
+    this.#inflightTotal -= this.#inflight[stream].size;
     this.#inflight[stream].clear();
     if (this.liveStreams === 0 && !this.done) throw new SchedulerError("all streams to the peer were lost");
   }

@@ -71,6 +71,11 @@ export interface SendOptions {
    * wire ratio from 6.9 down to 5.3.
    */
   linkBytesPerSecHint?: number;
+  /**
+   * The most the transfer keeps unacknowledged over all its streams (the link's mode says, in the
+   * datacenter: src/mode/parameters.ts); never less than one stream's window. Unset: each stream's window.
+   */
+  transferWindowBytes?: number;
   maxRetries: number;
   /** Fail when no acknowledgement arrives for this long. */
   stallTimeoutMs: number;
@@ -180,10 +185,15 @@ export class OutgoingTransfer {
 
   /** Moves the data and commits. Never throws: the outcome is the progress state and error. */
   async run(): Promise<void> {
-    const { streams } = this.#opts;
+    const { streams, chunkBytes, transferWindowBytes } = this.#opts;
+    const transferChunks = transferWindowBytes === undefined
+      ? undefined
+      : Math.max(this.#windowChunks, Math.ceil(transferWindowBytes / chunkBytes));
+    this.#progress.window = { streamChunks: this.#windowChunks, transferChunks };
     const sched = new StripeScheduler({
       streams,
       windowChunks: this.#windowChunks,
+      transferWindowChunks: transferChunks,
       maxRetries: this.#opts.maxRetries,
     });
     const watchdog = setInterval(() => this.#checkStall(), Math.min(1000, this.#opts.stallTimeoutMs));

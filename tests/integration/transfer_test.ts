@@ -64,6 +64,33 @@ Deno.test({ name: "transfers between two agents", ...opts }, async (t) => {
       assert.equal(await sha256File(join(b.root, "sparse.img")), await sha256File(src));
     });
 
+    await t.step("in datacenter mode the transfer, not only each stream, has a window", async () => {
+      const pin = await a.json(`/v1/peers/${b.dataAddr}/pin`, {
+        method: "PUT",
+        body: JSON.stringify({ mode: "datacenter" }),
+      });
+      assert.equal(pin.status, 200, JSON.stringify(pin.body));
+      const snap = await sendAndWait(a, {
+        source: "random.bin",
+        peer: b.dataAddr,
+        destination: "r/random-16.bin",
+        streams: 16,
+      });
+      assert.equal((await a.json(`/v1/peers/${b.dataAddr}/pin`, { method: "DELETE" })).status, 200);
+      assert.equal(snap.state, "completed", JSON.stringify(snap.error));
+      // Twice a loopback's bandwidth-delay product is far under 16 streams' credit of 4 chunks each.
+      const window = snap.window as { streamChunks: number; transferChunks?: number };
+      assert.equal(window.streamChunks, 4);
+      assert.ok(
+        window.transferChunks !== undefined && window.transferChunks >= 4 && window.transferChunks < 16 * 4,
+        JSON.stringify(window),
+      );
+      assert.equal(
+        await sha256File(join(b.root, "r/random-16.bin")),
+        await sha256File(join(a.root, "random.bin")),
+      );
+    });
+
     for (const codec of ["lz4", "zstd", "snappy"]) {
       await t.step(`codec ${codec}: compressible data shrinks on the wire and arrives intact`, async () => {
         const text = Array.from({ length: 200_000 }, (_, i) => `line ${i} status=ok host=h${i % 17}\n`).join(

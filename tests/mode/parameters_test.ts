@@ -111,6 +111,25 @@ Deno.test("a fast long link needs streams for its bandwidth-delay product", () =
   assert.equal(small.streams.forBdp, 2);
 });
 
+Deno.test("in the datacenter a transfer keeps twice the bandwidth-delay product in flight; elsewhere no cap", () => {
+  // 2.5 GB/s delivered at 0.2 ms at least: a 500 kB product. The smoothed 2 ms is the queue's doing.
+  const dc = modeParameters("datacenter", measured(0.2, 2, 0, 2.5e9), host("cubic"), DEFAULTS).streams;
+  assert.equal(dc.transferWindowBytes, 1e6);
+  // Unmeasured, the mode's assumption: 10 Gbit/s at 0.5 ms.
+  const unmeasured = {
+    rttSamples: 0,
+    retransmitSampleSegments: 0,
+    retransmitSampleBytes: 0,
+    queuedSampleSegments: 0,
+  };
+  const assumed = modeParameters("datacenter", unmeasured, host("cubic"), DEFAULTS).streams;
+  assert.equal(assumed.transferWindowBytes, 2 * 1.25e9 * 0.5 / 1000);
+  for (const mode of ["hybrid", "internet"] as const) {
+    const s = modeParameters(mode, measured(20, 20, 0, 125e6), host("bbr"), DEFAULTS).streams;
+    assert.equal(s.transferWindowBytes, undefined, mode);
+  }
+});
+
 Deno.test("the forecast is the rate the streams fill; the mode's assumption stays the floor", () => {
   // 1 Gbit/s measured once at 50 ms; the forecast says the next seconds carry 2 Gbit/s: twice the streams
   // for the bandwidth-delay product. A forecast under the internet assumption (100 Mbit/s) changes nothing.

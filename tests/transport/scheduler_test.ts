@@ -81,6 +81,7 @@ Deno.test("invalid options are refused", () => {
   assert.throws(() => scheduler({ streams: 0 }), RangeError);
   assert.throws(() => scheduler({ windowChunks: 0 }), RangeError);
   assert.throws(() => scheduler({ streams: NaN }), RangeError);
+  assert.throws(() => scheduler({ transferWindowChunks: 0 }), RangeError);
 });
 
 Deno.test("credit: a stream has at most windowChunks fresh chunks in flight, and each ack returns one", () => {
@@ -96,6 +97,36 @@ Deno.test("credit: a stream has at most windowChunks fresh chunks in flight, and
   assert.deepEqual(take(s, 0), [7, 8]);
   assert.equal(s.inflight(0), 3);
   assert.equal(s.ackedChunks, 3);
+});
+
+Deno.test("transfer window: fresh chunks stop at transferWindowChunks over all streams", () => {
+  const s = scheduler({ streams: 3, windowChunks: 2, transferWindowChunks: 3 });
+  assert.deepEqual(take(s, 0), [0, 1]); // the stream's own window
+  assert.deepEqual(take(s, 1), [2]); // the transfer's
+  assert.deepEqual(take(s, 2), []);
+  s.ack(0, 0);
+  assert.deepEqual(take(s, 2), [3]); // an ack on one stream frees a chunk for any
+  assert.deepEqual(take(s, 1), []);
+  s.ack(1, 2);
+  s.ack(2, 3);
+  assert.deepEqual(take(s, 1), [4, 5]);
+  assert.deepEqual(take(s, 2), []);
+});
+
+Deno.test("transfer window: resends and a lost stream's chunks go out past it; losses free it", () => {
+  const s = scheduler({ streams: 3, windowChunks: 2, transferWindowChunks: 3 });
+  assert.deepEqual(take(s, 0), [0, 1]);
+  assert.deepEqual(take(s, 1), [2]);
+  s.nack(1, 2);
+  assert.deepEqual(take(s, 2), [2]); // the resend takes the place it left
+  s.streamLost(0);
+  assert.deepEqual(take(s, 1), [0, 1]); // requeued, credit or not
+  assert.deepEqual(take(s, 2), []); // 3 in flight: no fresh chunk
+  s.ack(2, 2);
+  s.streamLost(1);
+  assert.deepEqual(take(s, 2), [0, 1]); // the lost stream's, past the window again
+  ackAll(s, 2, [0, 1]);
+  assert.deepEqual(take(s, 2), [3, 4]); // nothing in flight: the stream's own window binds
 });
 
 Deno.test("duplicate, foreign and unknown acks are ignored and say so", () => {
@@ -257,12 +288,20 @@ function simulate(seed: number, killAll = false): { acked: Set<number>; s: Strip
   const rand = mulberry32(seed);
   const streams = randInt(rand, 1, 6);
   const window = randInt(rand, 1, 5);
+  // Half the runs cap the transfer's chunks in flight below streams × window.
+  const transferWindow = rand() < 0.5 ? randInt(rand, 1, streams * window) : undefined;
   const total = randInt(rand, 0, 200);
-  const s = new StripeScheduler({ streams, windowChunks: window, maxRetries: 1000 });
+  const s = new StripeScheduler({
+    streams,
+    windowChunks: window,
+    transferWindowChunks: transferWindow,
+    maxRetries: 1000,
+  });
   const inflight: number[][] = Array.from({ length: streams }, () => []);
   const requeued: number[] = [];
   const lost = new Set<number>();
   const acked = new Set<number>();
+  const inFlight = () => inflight.reduce((n, chunks) => n + chunks.length, 0);
   let offered = 0, ended = false, nextFresh = 0;
   for (let step = 0; !s.done; step++) {
     assert.ok(step < 100_000, `seed ${seed}: no progress`);
@@ -289,14 +328,20 @@ function simulate(seed: number, killAll = false): { acked: Set<number>; s: Strip
           assert.equal(seq, requeued.shift(), `seed ${seed}: a resend must go before fresh chunks`);
         } else {
           assert.equal(seq, nextFresh++, `seed ${seed}: fresh chunks go out in sequence`);
-          // Credit counts everything in flight on the stream, resends included.
+          // Credit counts everything in flight on the stream, resends included; the transfer's window
+          // everything in flight on live streams.
           assert.ok(inflight[stream].length < window, `seed ${seed}: window exceeded on stream ${stream}`);
+          assert.ok(inFlight() < (transferWindow ?? Infinity), `seed ${seed}: transfer window exceeded`);
         }
         inflight[stream].push(seq);
       }
-      // It stopped because the stream has no credit or nothing is ready.
+      // It stopped because the stream or the transfer has no credit, or nothing is ready.
       assert.equal(requeued.length, 0, `seed ${seed}`);
-      assert.ok(inflight[stream].length >= window || nextFresh === offered, `seed ${seed}: stopped early`);
+      assert.ok(
+        inflight[stream].length >= window || inFlight() >= (transferWindow ?? Infinity) ||
+          nextFresh === offered,
+        `seed ${seed}: stopped early`,
+      );
     } else if (r < 0.83 && busy.length) {
       const stream = pick(rand, busy);
       const seq = inflight[stream].splice(randInt(rand, 0, inflight[stream].length - 1), 1)[0];
