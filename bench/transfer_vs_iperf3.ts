@@ -16,10 +16,10 @@
  * back (virtio-balloon free page reporting), fresh page-cache pages fault on the host when first written,
  * and that rate swings from run to run (0.4 to 3.1 GB/s seen on the 2-core machines this was built on).
  *
- * A second table sets the bar (0.8 × iperf3 memory-to-memory) beside that write rate, and shows how many
- * CPUs each side kept busy: iperf3's client and server as iperf3 reports them, the two agents from their
- * CPU time in /proc over the transfer. Where the bar is above dd's rate, no receiver that keeps the file
- * can reach it on this machine in that run, whatever its transport does.
+ * A second table sets the bar (0.8 × iperf3 memory-to-memory) beside that write rate and the CPU time dd
+ * took, and shows how many CPUs each side kept busy: iperf3's client and server as iperf3 reports them,
+ * the two agents from their CPU time in /proc over the transfer. Where the bar is above dd's rate, a
+ * receiver that keeps the file would have to store it faster than dd alone does, whatever its transport.
  */
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -150,32 +150,28 @@ async function iperf3(
 }
 
 /**
- * Runs dd with these operands: its MB/s, from dd's own report, and the CPU seconds it used, from bash's
- * `times` after it (its children's user + system time).
+ * dd writing sizeBytes of zeros, 1 MiB at a time, into a new file in dir (removed after): its MB/s, from
+ * dd's own report, and the CPU seconds it used, from bash's `times` after it (its children's user + system).
  */
-async function dd(operands: string[]): Promise<{ mbps: number; cpuS: number }> {
-  const out = await new Deno.Command("bash", {
-    args: ["-c", 'dd "$@" 2>&1 && times', "dd", ...operands],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout);
-  const seconds = Number(/copied, ([\d.]+) s/.exec(text)?.[1]);
-  // `times` prints the shell's user and system time, then its children's: "0m0.001s 0m0.381s".
-  const children = /\n(\d+)m([\d.]+)s (\d+)m([\d.]+)s\s*$/.exec(text);
-  if (!out.success || !(seconds > 0) || !children) {
-    throw new Error(`dd ${operands.join(" ")} failed (exit ${out.code}): ${text.trim()}`);
-  }
-  const [m1, s1, m2, s2] = children.slice(1).map(Number);
-  return { mbps: sizeBytes / seconds / 1e6, cpuS: m1 * 60 + s1 + m2 * 60 + s2 };
-}
-
-/** dd writing sizeBytes of zeros, 1 MiB at a time, into a new file in dir (removed after). */
 async function freshWrite(dir: string): Promise<{ mbps: number; cpuS: number }> {
   const path = join(dir, "dd-fresh.bin");
   try {
-    return await dd(["if=/dev/zero", `of=${path}`, "bs=1M", `count=${sizeBytes / MiB}`]);
+    const operands = ["if=/dev/zero", `of=${path}`, "bs=1M", `count=${sizeBytes / MiB}`];
+    const out = await new Deno.Command("bash", {
+      args: ["-c", 'dd "$@" 2>&1 && times', "dd", ...operands],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    const seconds = Number(/copied, ([\d.]+) s/.exec(text)?.[1]);
+    // `times` prints the shell's user and system time, then its children's: "0m0.001s 0m0.381s".
+    const children = /\n(\d+)m([\d.]+)s (\d+)m([\d.]+)s\s*$/.exec(text);
+    if (!out.success || !(seconds > 0) || !children) {
+      throw new Error(`dd ${operands.join(" ")} failed (exit ${out.code}): ${text.trim()}`);
+    }
+    const [m1, s1, m2, s2] = children.slice(1).map(Number);
+    return { mbps: sizeBytes / seconds / 1e6, cpuS: m1 * 60 + s1 + m2 * 60 + s2 };
   } finally {
     await Deno.remove(path).catch(() => {});
   }
@@ -269,11 +265,8 @@ interface Row {
   iperf3MemCpus: number[];
   iperf3FileMBps: number[];
   freshWriteMBps: number[];
-  /**
-   * The fastest a file transfer could go here if it cost no more CPU than its parts measured alone:
-   * iperf3 moving the bytes memory to memory, dd storing them in a new file, dd reading the source.
-   */
-  ceilingMBps: number[];
+  /** CPU seconds dd took per GiB stored. */
+  freshWriteCpuSPerGiB: number[];
   dwcpMBps: number[];
   /** CPUs the two agents kept busy over each transfer, and each agent's CPU seconds per GiB. */
   dwcpCpus: number[];
@@ -311,7 +304,7 @@ try {
       iperf3MemCpus: [],
       iperf3FileMBps: [],
       freshWriteMBps: [],
-      ceilingMBps: [],
+      freshWriteCpuSPerGiB: [],
       dwcpMBps: [],
       dwcpCpus: [],
       dwcpSenderCpuSPerGiB: [],
@@ -325,9 +318,7 @@ try {
       row.iperf3FileMBps.push((await iperf3(p, { source, dest: iperfDest })).mbps);
       const write = await freshWrite(b.root);
       row.freshWriteMBps.push(write.mbps);
-      const read = await dd([`if=${source}`, "of=/dev/null", "bs=1M"]);
-      const partsCpuS = mem.cpus * sizeBytes / (mem.mbps * 1e6) + write.cpuS + read.cpuS;
-      row.ceilingMBps.push(sizeBytes / 1e6 / (partsCpuS / navigator.hardwareConcurrency));
+      row.freshWriteCpuSPerGiB.push(write.cpuS / (sizeBytes / GiB));
       const d = await dwcp(a, b, "source.bin", "bench.bin", p);
       row.dwcpMBps.push(d.mbps);
       row.dwcpCpus.push((d.senderCpuS + d.receiverCpuS) / (d.elapsedMs / 1000));
@@ -367,7 +358,7 @@ try {
         iperf3MemCpus: median(row.iperf3MemCpus),
         iperf3FileMBps: file,
         freshWriteMBps: dd,
-        ceilingMBps: median(row.ceilingMBps),
+        freshWriteCpuSPerGiB: median(row.freshWriteCpuSPerGiB),
         dwcpMBps: d,
         dwcpCpus: median(row.dwcpCpus),
         dwcpSenderCpuSPerGiB: median(row.dwcpSenderCpuSPerGiB),
@@ -377,30 +368,25 @@ try {
   });
   console.log();
   console.log(
-    `   P  bar (${BAR} × iperf3 mem)  dd/bar  ceiling  ceiling/bar  dwcp/ceiling  CPUs busy: iperf3   dwcp` +
-      "  dwcp CPU s per GiB: sender  receiver",
+    `   P  bar (${BAR} × iperf3 mem)  dd/bar  CPUs busy: iperf3   dwcp  CPU s per GiB: dd write` +
+      "  dwcp sender  dwcp receiver",
   );
-  console.log("                     MB/s             MB/s");
+  console.log("                     MB/s");
   for (const { streams, median: m } of table) {
     const bar = BAR * m.iperf3MemMBps;
     console.log(
-      `${fmt(streams, 4)}  ${fmt(bar, 19)}  ${fmt(m.freshWriteMBps / bar, 6, 2)}  ${fmt(m.ceilingMBps, 7)}  ${
-        fmt(m.ceilingMBps / bar, 11, 2)
-      }  ${fmt(m.dwcpMBps / m.ceilingMBps, 12, 2)}  ${fmt(m.iperf3MemCpus, 18, 2)}  ${
-        fmt(m.dwcpCpus, 5, 2)
-      }  ${fmt(m.dwcpSenderCpuSPerGiB, 26, 2)}  ${fmt(m.dwcpReceiverCpuSPerGiB, 8, 2)}`,
+      `${fmt(streams, 4)}  ${fmt(bar, 19)}  ${fmt(m.freshWriteMBps / bar, 6, 2)}  ${
+        fmt(m.iperf3MemCpus, 18, 2)
+      }  ${fmt(m.dwcpCpus, 5, 2)}  ${fmt(m.freshWriteCpuSPerGiB, 23, 2)}  ${
+        fmt(m.dwcpSenderCpuSPerGiB, 11, 2)
+      }  ${fmt(m.dwcpReceiverCpuSPerGiB, 13, 2)}`,
     );
   }
-  console.log(
-    `ceiling: ${navigator.hardwareConcurrency} CPUs over the CPU seconds of iperf3 moving the bytes ` +
-      "memory to memory, dd storing them in a new file and dd reading the source, each measured in the " +
-      "same run: what a file transfer could reach if it cost no more than its parts alone",
-  );
-  const unreachable = table.filter(({ median: m }) => m.freshWriteMBps < BAR * m.iperf3MemMBps);
-  if (unreachable.length > 0) {
+  const barAboveDd = table.filter(({ median: m }) => m.freshWriteMBps < BAR * m.iperf3MemMBps);
+  if (barAboveDd.length > 0) {
     console.log(
-      `dd/bar < 1 at P = ${unreachable.map((r) => r.streams).join(", ")}: storing the file alone is slower ` +
-        "than the bar there, so no receiver that keeps the file reaches it on this machine in this run",
+      `dd/bar < 1 at P = ${barAboveDd.map((r) => r.streams).join(", ")}: storing the file alone is slower ` +
+        "than the bar there: a receiver that keeps the file would have to store it faster than dd does",
     );
   }
   console.log(
