@@ -55,11 +55,11 @@ export interface StreamDerivation {
   perStreamBytesPerSecUnderLoss?: number;
   /**
    * Datacenter only: the most a transfer keeps unacknowledged over all its streams, twice the
-   * bandwidth-delay product at the least round trip; the sender never holds it below one stream's window. Absent elsewhere, where
-   * each stream's window is the only limit. On a LAN the CPUs, not the link, set the pace, and what
-   * waits in flight goes cold in the caches: 1 GiB over 8 and 16 streams of 4 chunks of 1 MiB on loopback
-   * (2 cores) took 11 and 13 % less CPU with the transfer held to 4 chunks, and ran 9 % faster (paired
-   * medians of 15 runs; faster in 14 and 11 of them); 1 and 4 streams ran as before.
+   * bandwidth-delay product at the least round trip; the sender never holds it below one stream's window.
+   * Absent elsewhere, where each stream's window is the only limit. On a LAN the CPUs, not the link, set
+   * the pace, and what waits in flight goes cold in the caches: 1 GiB over 8 and 16 streams of 4 chunks of
+   * 1 MiB on loopback (2 cores) took 11 and 13 % less CPU with the transfer held to 4 chunks, and ran 9 %
+   * faster (paired medians of 15 runs; faster in 14 and 11 of them); 1 and 4 streams ran as before.
    */
   transferWindowBytes?: number;
   /** The congestion control the streams run (the mode's), which decides whether loss limits them. */

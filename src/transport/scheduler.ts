@@ -4,10 +4,10 @@
  * only; what a chunk holds is the chunk source's business.
  *
  * The source offers chunks as they become available (a file offers all at once, a live stream as it is
- * read) and ends the offer when it has no more. A stream may hold at most `windowChunks`
- * unacknowledged fresh chunks (its credit), and the transfer at most `transferWindowChunks` over all its
- * streams, when set. Chunks of a lost stream and chunks the receiver rejected
- * are requeued at the front and go out next on any live stream, credit or not: a receiver that
+ * read) and ends the offer when it has no more. A fresh chunk goes out on a stream holding fewer than
+ * `windowChunks` unacknowledged chunks (its credit) and, when `transferWindowChunks` is set, while the
+ * transfer holds fewer than that over all its streams. Chunks of a lost stream and chunks the receiver
+ * rejected are requeued at the front and go out next on any live stream, credit or not: a receiver that
  * delivers in order may be holding the other streams' chunks until exactly those arrive. A chunk
  * rejected more than `maxRetries` times fails the transfer.
  */
@@ -15,7 +15,7 @@
 export interface SchedulerOptions {
   streams: number;
   windowChunks: number;
-  /** The most fresh chunks the whole transfer has unacknowledged; unset: streams × windowChunks. */
+  /** Unacknowledged chunks over all streams past which no fresh one goes out; unset: no such limit. */
   transferWindowChunks?: number;
   maxRetries: number;
 }

@@ -19,6 +19,20 @@ const opts = { sanitizeResources: false, sanitizeOps: false };
 
 type Snapshot = TransferJson;
 
+/** Sends from a to b with the peer pinned to mode for this one transfer (the pin is lifted after). */
+async function sendPinned(
+  a: TestAgent,
+  b: TestAgent,
+  mode: string,
+  body: Record<string, unknown>,
+): Promise<Snapshot> {
+  const pin = await a.json(`/v1/peers/${b.dataAddr}/pin`, { method: "PUT", body: JSON.stringify({ mode }) });
+  assert.equal(pin.status, 200, JSON.stringify(pin.body));
+  const snap = await sendAndWait(a, { ...body, peer: b.dataAddr });
+  assert.equal((await a.json(`/v1/peers/${b.dataAddr}/pin`, { method: "DELETE" })).status, 200);
+  return snap;
+}
+
 Deno.test({ name: "transfers between two agents", ...opts }, async (t) => {
   const a = await startAgent({ id: "a" });
   const b = await startAgent({ id: "b" });
@@ -65,18 +79,11 @@ Deno.test({ name: "transfers between two agents", ...opts }, async (t) => {
     });
 
     await t.step("in datacenter mode the transfer, not only each stream, has a window", async () => {
-      const pin = await a.json(`/v1/peers/${b.dataAddr}/pin`, {
-        method: "PUT",
-        body: JSON.stringify({ mode: "datacenter" }),
-      });
-      assert.equal(pin.status, 200, JSON.stringify(pin.body));
-      const snap = await sendAndWait(a, {
+      const snap = await sendPinned(a, b, "datacenter", {
         source: "random.bin",
-        peer: b.dataAddr,
         destination: "r/random-16.bin",
         streams: 16,
       });
-      assert.equal((await a.json(`/v1/peers/${b.dataAddr}/pin`, { method: "DELETE" })).status, 200);
       assert.equal(snap.state, "completed", JSON.stringify(snap.error));
       // Twice a loopback's bandwidth-delay product is far under 16 streams' credit of 4 chunks each.
       const window = snap.window as { streamChunks: number; transferChunks?: number };
@@ -119,20 +126,13 @@ Deno.test({ name: "transfers between two agents", ...opts }, async (t) => {
         await Deno.writeTextFile(join(a.root, "auto.txt"), text);
         // Loopback measures as datacenter, where "auto" risks no CPU on a link it has not seen 64 MiB of;
         // the operator's pin makes it an internet link, whose bias is to spend CPU for ratio.
-        const pin = await a.json(`/v1/peers/${b.dataAddr}/pin`, {
-          method: "PUT",
-          body: JSON.stringify({ mode: "internet" }),
-        });
-        assert.equal(pin.status, 200, JSON.stringify(pin.body));
-        const snap = await sendAndWait(a, {
+        const snap = await sendPinned(a, b, "internet", {
           source: "auto.txt",
-          peer: b.dataAddr,
           codec: "auto",
           streams: 4,
           chunkBytes: 256 * 1024,
           maxBytesPerSec: 4 * MiB,
         });
-        assert.equal((await a.json(`/v1/peers/${b.dataAddr}/pin`, { method: "DELETE" })).status, 200);
         assert.equal(snap.state, "completed", JSON.stringify(snap.error));
         const encoding = snap.encoding as { chosen: Record<string, number>; linkBytesPerSec: number };
         const zstdChunks = Object.entries(encoding.chosen).filter(([k]) => k.startsWith("zstd"));
