@@ -112,6 +112,13 @@ export class OutgoingTransfer {
   /** Page deltas against the base, when the transfer named one. */
   readonly #delta?: DeltaSending;
   #peakLinkBytesPerSec = 0;
+  /**
+   * Frame buffers for file chunks, shared by the streams and reused last-freed first: a buffer is busy
+   * only from reading its chunk until the socket took it, so the streams mostly pass between them the one
+   * still in the caches, where a buffer per stream went cold in turn (1 GiB on loopback, 4 to 16 streams:
+   * 3 to 9 % less CPU, paired medians 1.01 to 1.07 × as fast, faster in 9 to 11 of 15 runs).
+   */
+  readonly #frames: Uint8Array[] = [];
 
   private constructor(
     opts: SendOptions,
@@ -358,7 +365,6 @@ export class OutgoingTransfer {
   ): Promise<void> {
     const { chunkBytes, codec } = this.#opts;
     const transferId = uuidToBytes(this.#opts.transferId);
-    const scratch = new Uint8Array(FRAME_HEADER_BYTES + chunkBytes);
     const encoder = new ChunkEncoder(chunkBytes, FRAME_HEADER_BYTES);
     const deltas = this.#delta?.stream(FRAME_HEADER_BYTES);
     const policy = this.#policy;
@@ -376,28 +382,33 @@ export class OutgoingTransfer {
           await this.#wake.wait();
           continue;
         }
-        const chunk = this.#source.load(seq, scratch);
-        // A delta against the base, else zero pages and the codec shrink the payload; a chunk that gains
-        // nothing goes raw.
-        const { frame, flags, codec: codecId, encLen, compression: c } =
-          await deltas?.encode(seq, chunk, pick) ??
-            await encoder.encode(chunk.frame, chunk.length, pick);
-        if (c) policy?.observe(c, c.inBytes, c.outBytes, c.elapsedMs, sampleRatio);
-        encodeHeader({
-          type: FrameType.Data,
-          codec: codecId,
-          flags,
-          seq,
-          transferId,
-          offset: chunk.offset,
-          rawLen: chunk.length,
-          encLen,
-          checksum: chunk.frame.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 8),
-        }, frame);
-        wireLen.set(seq, FRAME_HEADER_BYTES + encLen);
-        const delayMs = this.#bucket?.reserve(Date.now(), FRAME_HEADER_BYTES + encLen) ?? 0;
-        if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
-        await writeAll(conn, frame.subarray(0, FRAME_HEADER_BYTES + encLen));
+        const scratch = this.#frames.pop() ?? new Uint8Array(FRAME_HEADER_BYTES + chunkBytes);
+        try {
+          const chunk = this.#source.load(seq, scratch);
+          // A delta against the base, else zero pages and the codec shrink the payload; a chunk that gains
+          // nothing goes raw.
+          const { frame, flags, codec: codecId, encLen, compression: c } =
+            await deltas?.encode(seq, chunk, pick) ??
+              await encoder.encode(chunk.frame, chunk.length, pick);
+          if (c) policy?.observe(c, c.inBytes, c.outBytes, c.elapsedMs, sampleRatio);
+          encodeHeader({
+            type: FrameType.Data,
+            codec: codecId,
+            flags,
+            seq,
+            transferId,
+            offset: chunk.offset,
+            rawLen: chunk.length,
+            encLen,
+            checksum: chunk.frame.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 8),
+          }, frame);
+          wireLen.set(seq, FRAME_HEADER_BYTES + encLen);
+          const delayMs = this.#bucket?.reserve(Date.now(), FRAME_HEADER_BYTES + encLen) ?? 0;
+          if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
+          await writeAll(conn, frame.subarray(0, FRAME_HEADER_BYTES + encLen));
+        } finally {
+          this.#frames.push(scratch);
+        }
       }
     } finally {
       encoder.close();
