@@ -31,6 +31,8 @@ export interface GuestParams {
   dirtyMibps?: number;
   /** Heartbeat period in ms (guest default 20). */
   hbMs?: number;
+  /** MiB one long-lived process rewrites from /dev/urandom, over and over (guest default 0). */
+  rewriteMib?: number;
 }
 
 /** The kernel command line for the guest: console on ttyS0 plus the workload parameters. */
@@ -39,6 +41,7 @@ export function guestAppend(params: GuestParams = {}): string {
   if (params.memMib !== undefined) parts.push(`dwcp.mem_mib=${params.memMib}`);
   if (params.dirtyMibps !== undefined) parts.push(`dwcp.dirty_mibps=${params.dirtyMibps}`);
   if (params.hbMs !== undefined) parts.push(`dwcp.hb_ms=${params.hbMs}`);
+  if (params.rewriteMib !== undefined) parts.push(`dwcp.rewrite_mib=${params.rewriteMib}`);
   return parts.join(" ");
 }
 

@@ -5,6 +5,8 @@
 #   dwcp.mem_mib=N     MiB of real data the workload holds in guest memory (default 64)
 #   dwcp.dirty_mibps=R MiB per second re-written across that memory (default 0: none)
 #   dwcp.hb_ms=M       heartbeat period in milliseconds (default 20)
+#   dwcp.rewrite_mib=W one process rewrites W MiB of its own memory from /dev/urandom, over and over, with
+#                      no context switch between most of its stores (default 0: none)
 #
 # Console protocol (on /dev/ttyS0):
 #   dwcp-guest ready boot=<boot_id> mem_mib=N    once the memory is filled
@@ -28,17 +30,20 @@ mount -t devtmpfs devtmpfs /dev
 MEM=64
 DIRTY=0
 HB=20
+REWRITE=0
 read -r CMDLINE </proc/cmdline
 for w in $CMDLINE; do
   case "$w" in
   dwcp.mem_mib=*) MEM=${w#*=} ;;
   dwcp.dirty_mibps=*) DIRTY=${w#*=} ;;
   dwcp.hb_ms=*) HB=${w#*=} ;;
+  dwcp.rewrite_mib=*) REWRITE=${w#*=} ;;
   esac
 done
 case "$MEM" in '' | *[!0-9]*) MEM=64 ;; esac
 case "$DIRTY" in '' | *[!0-9]*) DIRTY=0 ;; esac
 case "$HB" in '' | *[!0-9]* | 0) HB=20 ;; esac
+case "$REWRITE" in '' | *[!0-9]*) REWRITE=0 ;; esac
 [ "$MEM" -lt 1 ] && MEM=1
 
 read -r BOOT </proc/sys/kernel/random/boot_id
@@ -135,6 +140,14 @@ dirtier() {
 
 if [ "$DIRTY" -gt 0 ] && [ "$filled" -gt 0 ]; then
   dirtier &
+fi
+
+# --- the rewriter ----------------------------------------------------------------------------------
+# One long-lived dd reading the random device into a W MiB buffer: the kernel stores into the same pages
+# of one address space again and again, so under TCG they go through TLB entries that stay valid between
+# context switches (what QEMU 7.2 lost track of while migrating: src/vm/qemu_args.ts).
+if [ "$REWRITE" -gt 0 ]; then
+  dd if=/dev/urandom of=/dev/null bs=${REWRITE}M count=1000000000 2>/dev/null &
 fi
 
 # --- the heartbeat ---------------------------------------------------------------------------------
