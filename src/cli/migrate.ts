@@ -37,7 +37,7 @@ the migration (the guest keeps running here), unless it is already switching ove
                          on PEER and fetches pages it still lacks; the source is then never resumed)
   --multifd N            QEMU multifd channels, 0..${MAX_MULTIFD_CHANNELS} (default: the link mode's); not with
                          --postcopy
-  --dedupe, --no-dedupe  send only the pages PEER's chunk store lacks, or never (default: never)
+  --dedupe, --no-dedupe  send only the pages PEER's chunk store lacks, or never (default: on internet links)
   --channel MODE         how QEMU's stream travels: direct (QEMU writes into the agents' authenticated
                          connection), streams (the agents carry it; needed for dedupe, postcopy, multifd
                          and TLS), or auto (default: direct on a datacenter link when nothing needs streams)

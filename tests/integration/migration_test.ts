@@ -327,53 +327,91 @@ Deno.test({
   });
 });
 
+/**
+ * Migrates a guest in which one process rewrites 16 MiB between context switches, over the streams at
+ * 16 MiB/s (body adds to the request), with the destination told to stay paused once loaded; returns the
+ * migration's snapshot then and the 4 KiB pages in which the two RAMs differ. QEMU 7.2 left thousands of such
+ * pages stale when a TCG guest's RAM was a whole number of 256 KiB (src/vm/qemu_args.ts).
+ */
+async function migrateAndCompareRam(
+  { a, b, image }: Pair,
+  vm: string,
+  body: Record<string, unknown>,
+): Promise<{ migration: Migration; stale: string[] }> {
+  const guest = await startGuest(a, image, vm, guestAppend({ memMib: 8, hbMs: 1000, rewriteMib: 16 }));
+  const hb = await HeartbeatMonitor.follow(guest.serialSocket);
+  const dumps = await Deno.makeTempDir({ prefix: "dwcp-ram-" });
+  try {
+    await hb.waitForReady();
+    // Both QEMUs' second monitors (the agents use them only on the direct channel): the destination is told
+    // to stay paused once loaded, so both RAMs hold still to be read.
+    const source = await monitorOf(a, vm);
+    const res = await migrate(a, {
+      vm,
+      peer: b.dataAddr,
+      channel: "streams",
+      maxBytesPerSec: 16 << 20,
+      ...body,
+    });
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    const dest = await monitorOf(b, vm);
+    try {
+      await dest.execute("stop"); // while it is still loading: no start once loaded
+      await untilStatus(source, "postmigrate", a, res.body.id);
+      await source.execute("pmemsave", { val: 0, size: 256 << 20, filename: join(dumps, "a.ram") });
+      await untilStatus(dest, "paused", a, res.body.id);
+      await dest.execute("pmemsave", { val: 0, size: 256 << 20, filename: join(dumps, "b.ram") });
+    } finally {
+      source.close();
+      dest.close();
+    }
+    const stale = differingPages(
+      await Deno.readFile(join(dumps, "a.ram")),
+      await Deno.readFile(join(dumps, "b.ram")),
+    );
+    return { migration: (await a.json<Migration>(`/v1/migrations/${res.body.id}`)).body, stale };
+  } finally {
+    await hb.close();
+    await Deno.remove(dumps, { recursive: true });
+  }
+}
+
 Deno.test({
   name: "the destination's RAM is the source's, page for page, for a guest rewriting memory under TCG",
   ...opts,
 }, async () => {
-  await withAgents(async ({ a, b, image }) => {
-    // One process rewriting 16 MiB between context switches: QEMU 7.2 left thousands of its pages stale on
-    // the destination when the guest's RAM was a whole number of 256 KiB (src/vm/qemu_args.ts).
-    const vm = await startGuest(
-      a,
-      image,
-      "g9",
-      guestAppend({ memMib: 8, hbMs: 1000, rewriteMib: 16 }),
-    );
-    const hb = await HeartbeatMonitor.follow(vm.serialSocket);
-    const dumps = await Deno.makeTempDir({ prefix: "dwcp-ram-" });
-    try {
-      await hb.waitForReady();
-      // Both QEMUs' second monitors (the agents use them only on the direct channel): the destination is
-      // told to stay paused once loaded, so both RAMs hold still to be read.
-      const source = await monitorOf(a, "g9");
-      const res = await migrate(a, {
-        vm: "g9",
-        peer: b.dataAddr,
-        channel: "streams",
-        maxBytesPerSec: 16 << 20,
-      });
-      assert.equal(res.status, 201, JSON.stringify(res.body));
-      const dest = await monitorOf(b, "g9");
-      try {
-        await dest.execute("stop"); // while it is still loading: no start once loaded
-        await untilStatus(source, "postmigrate", a, res.body.id);
-        await source.execute("pmemsave", { val: 0, size: 256 << 20, filename: join(dumps, "a.ram") });
-        await untilStatus(dest, "paused", a, res.body.id);
-        await dest.execute("pmemsave", { val: 0, size: 256 << 20, filename: join(dumps, "b.ram") });
-      } finally {
-        source.close();
-        dest.close();
-      }
-      const stale = differingPages(
-        await Deno.readFile(join(dumps, "a.ram")),
-        await Deno.readFile(join(dumps, "b.ram")),
-      );
-      assert.deepEqual(stale.slice(0, 8), [], `${stale.length} pages differ between source and destination`);
-    } finally {
-      await hb.close();
-      await Deno.remove(dumps, { recursive: true });
+  await withAgents(async (pair) => {
+    const { stale } = await migrateAndCompareRam(pair, "g9", {});
+    assert.deepEqual(stale.slice(0, 8), [], `${stale.length} pages differ between source and destination`);
+  });
+});
+
+Deno.test({
+  name: "an internet-mode peer gets a deduped migration unasked, and the same RAM page for page",
+  ...opts,
+}, async () => {
+  await withAgents(async (pair) => {
+    const { a, b } = pair;
+    // A peer is known, and so can be pinned, once this agent has sent to it.
+    await Deno.writeFile(join(a.root, "hello.bin"), new Uint8Array(4096).fill(7));
+    const sent = await a.json<{ id: string }>("/v1/transfers", {
+      method: "POST",
+      body: JSON.stringify({ source: "hello.bin", peer: b.dataAddr, destination: "hello.bin" }),
+    });
+    assert.equal(sent.status, 201, JSON.stringify(sent.body));
+    while ((await a.json<{ state: string }>(`/v1/transfers/${sent.body.id}`)).body.state !== "completed") {
+      await new Promise((r) => setTimeout(r, 25));
     }
+    const pin = await a.json(`/v1/peers/${b.dataAddr}/pin`, {
+      method: "PUT",
+      body: JSON.stringify({ mode: "internet" }),
+    });
+    assert.equal(pin.status, 200, JSON.stringify(pin.body));
+    const { migration, stale } = await migrateAndCompareRam(pair, "g10", {});
+    const dedupe = migration.dedupe as { active: boolean; pages: number };
+    assert.equal(dedupe.active, true, JSON.stringify(migration.dedupe));
+    assert.ok(dedupe.pages > 0, JSON.stringify(migration.dedupe));
+    assert.deepEqual(stale.slice(0, 8), [], `${stale.length} pages differ between source and destination`);
   });
 });
 
