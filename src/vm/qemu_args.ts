@@ -39,10 +39,10 @@ export function machineArgs(accel: Accelerator): string[] {
  * does. Measured (QEMU 7.2.22, a guest rewriting 16 MiB without a context switch, QEMU's own migration):
  * 1961 and 2699 pages differed between source and destination at 256 MiB, none at 256 MiB + 8 KiB.
  */
-export const TCG_RAM_PAD_KIB = 8;
+const TCG_RAM_PAD_KIB = 8;
 
 /** `-m`: the RAM asked for, with the pad above under TCG. KVM tracks dirty pages itself and gets it exact. */
-export function ramArg(memoryMiB: number, accel: Accelerator): string {
+function ramArg(memoryMiB: number, accel: Accelerator): string {
   return accel === "tcg" ? `${memoryMiB * 1024 + TCG_RAM_PAD_KIB}k` : `${memoryMiB}M`;
 }
 
