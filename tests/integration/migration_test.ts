@@ -13,6 +13,7 @@ import { dial } from "../../src/transport/dial.ts";
 import { QmpClient } from "../../src/migration/qmp.ts";
 import { guestAppend, guestImage } from "../support/guest_image.ts";
 import { HeartbeatMonitor } from "../support/heartbeat.ts";
+import { sendAndWait } from "../support/transfers.ts";
 
 const opts = { sanitizeResources: false, sanitizeOps: false };
 
@@ -394,14 +395,8 @@ Deno.test({
     const { a, b } = pair;
     // A peer is known, and so can be pinned, once this agent has sent to it.
     await Deno.writeFile(join(a.root, "hello.bin"), new Uint8Array(4096).fill(7));
-    const sent = await a.json<{ id: string }>("/v1/transfers", {
-      method: "POST",
-      body: JSON.stringify({ source: "hello.bin", peer: b.dataAddr, destination: "hello.bin" }),
-    });
-    assert.equal(sent.status, 201, JSON.stringify(sent.body));
-    while ((await a.json<{ state: string }>(`/v1/transfers/${sent.body.id}`)).body.state !== "completed") {
-      await new Promise((r) => setTimeout(r, 25));
-    }
+    const sent = await sendAndWait(a, { source: "hello.bin", peer: b.dataAddr, destination: "hello.bin" });
+    assert.equal(sent.state, "completed", JSON.stringify(sent.error));
     const pin = await a.json(`/v1/peers/${b.dataAddr}/pin`, {
       method: "PUT",
       body: JSON.stringify({ mode: "internet" }),
